@@ -1,0 +1,417 @@
+//! The one Kafka connection configuration of the project. Every Kafka client (the ingest
+//! consumer, the DLQ producer, the CLI's producer, admin and tail clients) is built from a
+//! [`KafkaConnection`], which only exists once [`KafkaArgs::validate`] accepted the settings:
+//! brokers, security protocol, SASL mechanism and credentials, TLS CA/certificate/key.
+
+use crate::config::{ConfigError, ConfigErrors};
+use clap::Args;
+use rdkafka::ClientConfig;
+use std::path::PathBuf;
+
+pub const ENV_BROKERS: &str = "KAFKA_BROKERS";
+pub const ENV_TOPIC: &str = "KAFKA_TOPIC";
+pub const ENV_DLQ_TOPIC: &str = "KAFKA_DLQ_TOPIC";
+pub const ENV_SECURITY_PROTOCOL: &str = "KAFKA_SECURITY_PROTOCOL";
+pub const ENV_SASL_MECHANISM: &str = "KAFKA_SASL_MECHANISM";
+pub const ENV_SASL_USERNAME: &str = "KAFKA_SASL_USERNAME";
+pub const ENV_SASL_PASSWORD: &str = "KAFKA_SASL_PASSWORD";
+pub const ENV_SSL_CA_LOCATION: &str = "KAFKA_SSL_CA_LOCATION";
+pub const ENV_SSL_CERTIFICATE_LOCATION: &str = "KAFKA_SSL_CERTIFICATE_LOCATION";
+pub const ENV_SSL_KEY_LOCATION: &str = "KAFKA_SSL_KEY_LOCATION";
+pub const ENV_SSL_KEY_PASSWORD: &str = "KAFKA_SSL_KEY_PASSWORD";
+
+/// Connection flags shared by every Kafka command and service.
+#[derive(Args, Debug, Clone, Default)]
+pub struct KafkaArgs {
+    /// Bootstrap brokers, comma-separated host:port (required).
+    #[arg(long = "kafka-brokers", env = ENV_BROKERS)]
+    pub brokers: Option<String>,
+    /// plaintext | ssl | sasl_plaintext | sasl_ssl
+    #[arg(long = "kafka-security-protocol", env = ENV_SECURITY_PROTOCOL, default_value = "plaintext")]
+    pub security_protocol: String,
+    /// PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512 (with a sasl_* protocol)
+    #[arg(long = "kafka-sasl-mechanism", env = ENV_SASL_MECHANISM)]
+    pub sasl_mechanism: Option<String>,
+    #[arg(long = "kafka-sasl-username", env = ENV_SASL_USERNAME)]
+    pub sasl_username: Option<String>,
+    #[arg(long = "kafka-sasl-password", env = ENV_SASL_PASSWORD, hide_env_values = true)]
+    pub sasl_password: Option<String>,
+    /// CA bundle (PEM) to verify the brokers (with an ssl protocol).
+    #[arg(long = "kafka-ssl-ca-location", env = ENV_SSL_CA_LOCATION)]
+    pub ssl_ca_location: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; needs the key too.
+    #[arg(long = "kafka-ssl-certificate-location", env = ENV_SSL_CERTIFICATE_LOCATION)]
+    pub ssl_certificate_location: Option<PathBuf>,
+    /// Client private key (PEM) for mutual TLS; needs the certificate too.
+    #[arg(long = "kafka-ssl-key-location", env = ENV_SSL_KEY_LOCATION)]
+    pub ssl_key_location: Option<PathBuf>,
+    #[arg(long = "kafka-ssl-key-password", env = ENV_SSL_KEY_PASSWORD, hide_env_values = true)]
+    pub ssl_key_password: Option<String>,
+}
+
+/// The topic flags shared by every command and service.
+#[derive(Args, Debug, Clone)]
+pub struct TopicArgs {
+    /// The event topic.
+    #[arg(long = "kafka-topic", env = ENV_TOPIC, default_value = crate::DEFAULT_TOPIC)]
+    pub topic: String,
+    /// The dead-letter topic (default: `<topic>-dlq`).
+    #[arg(long = "kafka-dlq-topic", env = ENV_DLQ_TOPIC)]
+    pub dlq_topic: Option<String>,
+}
+
+impl TopicArgs {
+    pub fn dlq_topic(&self) -> String {
+        self.dlq_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}-dlq", self.topic))
+    }
+
+    pub fn validate(&self) -> ConfigErrors {
+        let mut errors = ConfigErrors::default();
+        for (env, flag, name) in [
+            (ENV_TOPIC, "kafka-topic", Some(self.topic.clone())),
+            (ENV_DLQ_TOPIC, "kafka-dlq-topic", self.dlq_topic.clone()),
+        ] {
+            if let Some(name) = name {
+                if let Err(problem) = valid_topic_name(&name) {
+                    errors.push(ConfigError::new(env, flag, problem));
+                }
+            }
+        }
+        if self.dlq_topic() == self.topic {
+            errors.push(ConfigError::new(
+                ENV_DLQ_TOPIC,
+                "kafka-dlq-topic",
+                "must differ from the event topic",
+            ));
+        }
+        errors
+    }
+}
+
+fn valid_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 249 {
+        return Err(format!("topic name must be 1..249 characters, got {:?}", name));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("{name:?} is not a valid topic name"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!("topic name {name:?} contains {c:?}; allowed: [a-zA-Z0-9._-]"));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecurityProtocol {
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "plaintext" => Some(Self::Plaintext),
+            "ssl" => Some(Self::Ssl),
+            "sasl_plaintext" => Some(Self::SaslPlaintext),
+            "sasl_ssl" => Some(Self::SaslSsl),
+            _ => None,
+        }
+    }
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Plaintext => "plaintext",
+            Self::Ssl => "ssl",
+            Self::SaslPlaintext => "sasl_plaintext",
+            Self::SaslSsl => "sasl_ssl",
+        }
+    }
+    fn sasl(self) -> bool {
+        matches!(self, Self::SaslPlaintext | Self::SaslSsl)
+    }
+    fn tls(self) -> bool {
+        matches!(self, Self::Ssl | Self::SaslSsl)
+    }
+}
+
+/// A validated connection: the only way to build a Kafka client in this project.
+#[derive(Clone)]
+pub struct KafkaConnection {
+    brokers: String,
+    protocol: SecurityProtocol,
+    sasl: Option<(String, String, String)>,
+    ssl_ca: Option<PathBuf>,
+    ssl_cert_key: Option<(PathBuf, PathBuf)>,
+    ssl_key_password: Option<String>,
+}
+
+impl std::fmt::Debug for KafkaConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConnection")
+            .field("brokers", &self.brokers)
+            .field("protocol", &self.protocol)
+            .field("sasl_user", &self.sasl.as_ref().map(|s| &s.1))
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaArgs {
+    /// Checks every setting and reports all problems at once.
+    pub fn validate(&self) -> Result<KafkaConnection, ConfigErrors> {
+        let mut errors = ConfigErrors::default();
+        let brokers = self.brokers.clone().unwrap_or_default();
+        if brokers.trim().is_empty() {
+            errors.push(ConfigError::new(
+                ENV_BROKERS,
+                "kafka-brokers",
+                "is required (comma-separated host:port list)",
+            ));
+        } else {
+            for b in brokers.split(',') {
+                let b = b.trim();
+                let ok = b
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+                if !ok {
+                    errors.push(ConfigError::new(
+                        ENV_BROKERS,
+                        "kafka-brokers",
+                        format!("{b:?} is not host:port"),
+                    ));
+                }
+            }
+        }
+        let protocol = SecurityProtocol::parse(&self.security_protocol);
+        if protocol.is_none() {
+            errors.push(ConfigError::new(
+                ENV_SECURITY_PROTOCOL,
+                "kafka-security-protocol",
+                format!(
+                    "{:?} is not one of plaintext, ssl, sasl_plaintext, sasl_ssl",
+                    self.security_protocol
+                ),
+            ));
+        }
+        let protocol = protocol.unwrap_or(SecurityProtocol::Plaintext);
+        let mut sasl = None;
+        if protocol.sasl() {
+            let mech = self.sasl_mechanism.clone().unwrap_or_default();
+            if !matches!(mech.as_str(), "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512") {
+                errors.push(ConfigError::new(
+                    ENV_SASL_MECHANISM,
+                    "kafka-sasl-mechanism",
+                    format!(
+                        "{mech:?} is not one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 (required by {})",
+                        protocol.as_str()
+                    ),
+                ));
+            }
+            let user = self.sasl_username.clone().unwrap_or_default();
+            let pass = self.sasl_password.clone().unwrap_or_default();
+            if user.is_empty() {
+                errors.push(ConfigError::new(
+                    ENV_SASL_USERNAME,
+                    "kafka-sasl-username",
+                    format!("is required with {}", protocol.as_str()),
+                ));
+            }
+            if pass.is_empty() {
+                errors.push(ConfigError::new(
+                    ENV_SASL_PASSWORD,
+                    "kafka-sasl-password",
+                    format!("is required with {}", protocol.as_str()),
+                ));
+            }
+            sasl = Some((mech, user, pass));
+        } else if self.sasl_mechanism.is_some() || self.sasl_username.is_some() {
+            errors.push(ConfigError::new(
+                ENV_SECURITY_PROTOCOL,
+                "kafka-security-protocol",
+                "SASL settings are given but the protocol is not sasl_plaintext or sasl_ssl",
+            ));
+        }
+        let tls_given = self.ssl_ca_location.is_some()
+            || self.ssl_certificate_location.is_some()
+            || self.ssl_key_location.is_some();
+        if tls_given && !protocol.tls() {
+            errors.push(ConfigError::new(
+                ENV_SECURITY_PROTOCOL,
+                "kafka-security-protocol",
+                "TLS files are given but the protocol is not ssl or sasl_ssl",
+            ));
+        }
+        for (env, flag, path) in [
+            (ENV_SSL_CA_LOCATION, "kafka-ssl-ca-location", &self.ssl_ca_location),
+            (
+                ENV_SSL_CERTIFICATE_LOCATION,
+                "kafka-ssl-certificate-location",
+                &self.ssl_certificate_location,
+            ),
+            (ENV_SSL_KEY_LOCATION, "kafka-ssl-key-location", &self.ssl_key_location),
+        ] {
+            if let Some(p) = path {
+                if !p.is_file() {
+                    errors.push(ConfigError::new(
+                        env,
+                        flag,
+                        format!("{} is not a readable file", p.display()),
+                    ));
+                }
+            }
+        }
+        let ssl_cert_key = match (&self.ssl_certificate_location, &self.ssl_key_location) {
+            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+            (None, None) => None,
+            (Some(_), None) => {
+                errors.push(ConfigError::new(
+                    ENV_SSL_KEY_LOCATION,
+                    "kafka-ssl-key-location",
+                    "is required when a client certificate is given",
+                ));
+                None
+            }
+            (None, Some(_)) => {
+                errors.push(ConfigError::new(
+                    ENV_SSL_CERTIFICATE_LOCATION,
+                    "kafka-ssl-certificate-location",
+                    "is required when a client key is given",
+                ));
+                None
+            }
+        };
+        errors.into_result(KafkaConnection {
+            brokers: brokers.trim().to_string(),
+            protocol,
+            sasl,
+            ssl_ca: self.ssl_ca_location.clone(),
+            ssl_cert_key,
+            ssl_key_password: self.ssl_key_password.clone(),
+        })
+    }
+}
+
+impl KafkaConnection {
+    /// A plaintext connection to `brokers` (tests and tools that already know the brokers).
+    pub fn plaintext(brokers: &str) -> Self {
+        KafkaArgs {
+            brokers: Some(brokers.to_string()),
+            security_protocol: "plaintext".into(),
+            ..KafkaArgs::default()
+        }
+        .validate()
+        .expect("valid plaintext broker list")
+    }
+
+    pub fn brokers(&self) -> &str {
+        &self.brokers
+    }
+
+    /// A client config carrying the connection settings; callers add their role's settings.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("security.protocol", self.protocol.as_str())
+            .set("client.dns.lookup", "use_all_dns_ips");
+        if let Some((mech, user, pass)) = &self.sasl {
+            c.set("sasl.mechanism", mech)
+                .set("sasl.username", user)
+                .set("sasl.password", pass);
+        }
+        if let Some(ca) = &self.ssl_ca {
+            c.set("ssl.ca.location", ca.display().to_string());
+        }
+        if let Some((cert, key)) = &self.ssl_cert_key {
+            c.set("ssl.certificate.location", cert.display().to_string())
+                .set("ssl.key.location", key.display().to_string());
+        }
+        if let Some(p) = &self.ssl_key_password {
+            c.set("ssl.key.password", p);
+        }
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(brokers: Option<&str>) -> KafkaArgs {
+        KafkaArgs {
+            brokers: brokers.map(String::from),
+            security_protocol: "plaintext".into(),
+            ..KafkaArgs::default()
+        }
+    }
+
+    fn settings(e: ConfigErrors) -> Vec<String> {
+        e.0.into_iter().map(|e| e.setting).collect()
+    }
+
+    #[test]
+    fn brokers_are_required_and_checked() {
+        let e = args(None).validate().unwrap_err();
+        assert_eq!(settings(e), vec!["KAFKA_BROKERS (--kafka-brokers)"]);
+        assert!(args(Some("localhost")).validate().is_err());
+        assert!(args(Some("a:1,b:2")).validate().is_ok());
+    }
+
+    #[test]
+    fn sasl_needs_mechanism_and_credentials() {
+        let mut a = args(Some("a:1"));
+        a.security_protocol = "sasl_ssl".into();
+        let s = settings(a.validate().unwrap_err());
+        assert!(s.contains(&"KAFKA_SASL_MECHANISM (--kafka-sasl-mechanism)".to_string()));
+        assert!(s.contains(&"KAFKA_SASL_USERNAME (--kafka-sasl-username)".to_string()));
+        assert!(s.contains(&"KAFKA_SASL_PASSWORD (--kafka-sasl-password)".to_string()));
+        a.sasl_mechanism = Some("SCRAM-SHA-512".into());
+        a.sasl_username = Some("u".into());
+        a.sasl_password = Some("p".into());
+        let c = a.validate().unwrap().client_config();
+        assert_eq!(c.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+        assert_eq!(c.get("security.protocol"), Some("sasl_ssl"));
+    }
+
+    #[test]
+    fn tls_files_must_exist_and_pair() {
+        let mut a = args(Some("a:1"));
+        a.security_protocol = "ssl".into();
+        a.ssl_certificate_location = Some("/nonexistent.pem".into());
+        let s = settings(a.validate().unwrap_err());
+        assert!(s.contains(&"KAFKA_SSL_CERTIFICATE_LOCATION (--kafka-ssl-certificate-location)".to_string()));
+        assert!(s.contains(&"KAFKA_SSL_KEY_LOCATION (--kafka-ssl-key-location)".to_string()));
+    }
+
+    #[test]
+    fn unknown_protocol_is_named() {
+        let mut a = args(Some("a:1"));
+        a.security_protocol = "tls".into();
+        let s = settings(a.validate().unwrap_err());
+        assert_eq!(s, vec!["KAFKA_SECURITY_PROTOCOL (--kafka-security-protocol)"]);
+    }
+
+    #[test]
+    fn topic_names_are_checked() {
+        let t = TopicArgs {
+            topic: "bad topic".into(),
+            dlq_topic: None,
+        };
+        assert_eq!(t.validate().0.len(), 1);
+        let t = TopicArgs {
+            topic: "x".into(),
+            dlq_topic: Some("x".into()),
+        };
+        assert_eq!(t.validate().0.len(), 1);
+        let t = TopicArgs {
+            topic: crate::DEFAULT_TOPIC.into(),
+            dlq_topic: None,
+        };
+        assert!(t.validate().is_empty());
+        assert_eq!(t.dlq_topic(), "dashstream-events-dlq");
+    }
+}
