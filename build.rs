@@ -2,8 +2,6 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let files = protox::compile(["dashstream/v1/events.proto"], ["proto"])?;
-    prost_build::Config::new()
-        .bytes(["."])
-        .compile_fds(files)?;
+    prost_build::Config::new().bytes(["."]).compile_fds(files)?;
     Ok(())
 }

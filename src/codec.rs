@@ -138,7 +138,10 @@ pub fn decode_record(value: &[u8], limits: &Limits) -> Result<Vec<Event>, Invali
         Some(Body::Event(e)) => vec![e],
         Some(Body::Batch(EventBatch { events })) => {
             if events.is_empty() {
-                return Err(InvalidRecord::new(Reason::MissingBody, "batch has no events"));
+                return Err(InvalidRecord::new(
+                    Reason::MissingBody,
+                    "batch has no events",
+                ));
             }
             if events.len() > limits.max_batch_events {
                 return Err(InvalidRecord::new(
@@ -161,7 +164,10 @@ pub fn decode_record(value: &[u8], limits: &Limits) -> Result<Vec<Event>, Invali
 
 fn decode_envelope(bytes: &[u8]) -> Result<Envelope, InvalidRecord> {
     Envelope::decode(bytes).map_err(|e| {
-        InvalidRecord::new(Reason::Decode, format!("protobuf Envelope does not decode: {e}"))
+        InvalidRecord::new(
+            Reason::Decode,
+            format!("protobuf Envelope does not decode: {e}"),
+        )
     })
 }
 
@@ -312,7 +318,10 @@ mod tests {
         assert_eq!(reason(&[0x00]), Reason::MissingBody);
         let mut e = event("a", 1);
         e.header = None;
-        assert_eq!(reason(&encode_record(&single(e), false)), Reason::MissingHeader);
+        assert_eq!(
+            reason(&encode_record(&single(e), false)),
+            Reason::MissingHeader
+        );
         assert_eq!(
             reason(&encode_record(&single(event("", 1)), false)),
             Reason::MissingThreadId
@@ -324,7 +333,10 @@ mod tests {
         );
         let mut e = event("a", 1);
         e.header.as_mut().unwrap().message_id = vec![1, 2].into();
-        assert_eq!(reason(&encode_record(&single(e), false)), Reason::BadMessageId);
+        assert_eq!(
+            reason(&encode_record(&single(e), false)),
+            Reason::BadMessageId
+        );
         let mut e = event("a", 1);
         e.header.as_mut().unwrap().schema_version = 2;
         assert_eq!(
@@ -336,7 +348,10 @@ mod tests {
             ..Limits::default()
         };
         let big = encode_record(&single(event("a", 1)), false);
-        assert_eq!(decode_record(&big, &limits).unwrap_err().reason, Reason::TooLarge);
+        assert_eq!(
+            decode_record(&big, &limits).unwrap_err().reason,
+            Reason::TooLarge
+        );
         let env = Envelope {
             body: Some(Body::Batch(EventBatch {
                 events: vec![event("a", 1); 3],
@@ -347,7 +362,10 @@ mod tests {
             ..Limits::default()
         };
         let v = encode_record(&env, false);
-        assert_eq!(decode_record(&v, &limits).unwrap_err().reason, Reason::BatchTooLarge);
+        assert_eq!(
+            decode_record(&v, &limits).unwrap_err().reason,
+            Reason::BatchTooLarge
+        );
     }
 
     #[test]
@@ -367,7 +385,10 @@ mod tests {
             max_decompressed_bytes: 50_000,
             ..Limits::default()
         };
-        assert_eq!(decode_record(&v, &limits).unwrap_err().reason, Reason::TooLarge);
+        assert_eq!(
+            decode_record(&v, &limits).unwrap_err().reason,
+            Reason::TooLarge
+        );
     }
 
     #[test]

@@ -92,7 +92,10 @@ impl TopicArgs {
 
 fn valid_topic_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 249 {
-        return Err(format!("topic name must be 1..249 characters, got {:?}", name));
+        return Err(format!(
+            "topic name must be 1..249 characters, got {:?}",
+            name
+        ));
     }
     if name == "." || name == ".." {
         return Err(format!("{name:?} is not a valid topic name"));
@@ -101,7 +104,9 @@ fn valid_topic_name(name: &str) -> Result<(), String> {
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
     {
-        return Err(format!("topic name {name:?} contains {c:?}; allowed: [a-zA-Z0-9._-]"));
+        return Err(format!(
+            "topic name {name:?} contains {c:?}; allowed: [a-zA-Z0-9._-]"
+        ));
     }
     Ok(())
 }
@@ -247,13 +252,21 @@ impl KafkaArgs {
             ));
         }
         for (env, flag, path) in [
-            (ENV_SSL_CA_LOCATION, "kafka-ssl-ca-location", &self.ssl_ca_location),
+            (
+                ENV_SSL_CA_LOCATION,
+                "kafka-ssl-ca-location",
+                &self.ssl_ca_location,
+            ),
             (
                 ENV_SSL_CERTIFICATE_LOCATION,
                 "kafka-ssl-certificate-location",
                 &self.ssl_certificate_location,
             ),
-            (ENV_SSL_KEY_LOCATION, "kafka-ssl-key-location", &self.ssl_key_location),
+            (
+                ENV_SSL_KEY_LOCATION,
+                "kafka-ssl-key-location",
+                &self.ssl_key_location,
+            ),
         ] {
             if let Some(p) = path {
                 if !p.is_file() {
@@ -383,7 +396,9 @@ mod tests {
         a.security_protocol = "ssl".into();
         a.ssl_certificate_location = Some("/nonexistent.pem".into());
         let s = settings(a.validate().unwrap_err());
-        assert!(s.contains(&"KAFKA_SSL_CERTIFICATE_LOCATION (--kafka-ssl-certificate-location)".to_string()));
+        assert!(s.contains(
+            &"KAFKA_SSL_CERTIFICATE_LOCATION (--kafka-ssl-certificate-location)".to_string()
+        ));
         assert!(s.contains(&"KAFKA_SSL_KEY_LOCATION (--kafka-ssl-key-location)".to_string()));
     }
 
@@ -392,7 +407,10 @@ mod tests {
         let mut a = args(Some("a:1"));
         a.security_protocol = "tls".into();
         let s = settings(a.validate().unwrap_err());
-        assert_eq!(s, vec!["KAFKA_SECURITY_PROTOCOL (--kafka-security-protocol)"]);
+        assert_eq!(
+            s,
+            vec!["KAFKA_SECURITY_PROTOCOL (--kafka-security-protocol)"]
+        );
     }
 
     #[test]

@@ -9,7 +9,11 @@ use dashstream::provision::{Outcome, TopicSpec};
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
-#[command(name = "dashstream", version, about = "DashStream Gateway command line")]
+#[command(
+    name = "dashstream",
+    version,
+    about = "DashStream Gateway command line"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -109,12 +113,28 @@ async fn provision(a: ProvisionArgs) -> anyhow::Result<()> {
     let mut errors = ConfigErrors::default();
     for (env, flag, v) in [
         ("KAFKA_PARTITIONS", "partitions", a.partitions as i64),
-        ("KAFKA_REPLICATION_FACTOR", "replication-factor", a.replication_factor as i64),
-        ("KAFKA_RETENTION_HOURS", "retention-hours", a.retention_hours),
-        ("KAFKA_DLQ_RETENTION_HOURS", "dlq-retention-hours", a.dlq_retention_hours),
+        (
+            "KAFKA_REPLICATION_FACTOR",
+            "replication-factor",
+            a.replication_factor as i64,
+        ),
+        (
+            "KAFKA_RETENTION_HOURS",
+            "retention-hours",
+            a.retention_hours,
+        ),
+        (
+            "KAFKA_DLQ_RETENTION_HOURS",
+            "dlq-retention-hours",
+            a.dlq_retention_hours,
+        ),
     ] {
         if v < 1 {
-            errors.push(dashstream::config::ConfigError::new(env, flag, "must be at least 1"));
+            errors.push(dashstream::config::ConfigError::new(
+                env,
+                flag,
+                "must be at least 1",
+            ));
         }
     }
     if !errors.is_empty() {

@@ -214,7 +214,12 @@ impl Generator {
                 })),
             }
         };
-        (key, encode_record(&envelope, self.opts.compress), n as u32, None)
+        (
+            key,
+            encode_record(&envelope, self.opts.compress),
+            n as u32,
+            None,
+        )
     }
 
     /// A record value carrying `fault`.
@@ -334,7 +339,10 @@ pub async fn run(
 }
 
 type DeliveryOutcome = (
-    Result<rdkafka::producer::future_producer::OwnedDeliveryResult, futures::channel::oneshot::Canceled>,
+    Result<
+        rdkafka::producer::future_producer::OwnedDeliveryResult,
+        futures::channel::oneshot::Canceled,
+    >,
     u32,
     Option<Fault>,
 );

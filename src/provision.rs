@@ -3,9 +3,7 @@
 //! is and every difference from what was asked is reported.
 
 use crate::kafka::KafkaConnection;
-use rdkafka::admin::{
-    AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication,
-};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 use std::time::Duration;
@@ -32,7 +30,10 @@ pub enum ProvisionError {
     #[error("Kafka admin: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("creating topic {topic}: {code}")]
-    Create { topic: String, code: RDKafkaErrorCode },
+    Create {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
 }
 
 /// Creates each topic, or compares it with the spec when it exists.
@@ -47,8 +48,12 @@ pub async fn provision(
         .iter()
         .zip(&retention)
         .map(|(s, r)| {
-            NewTopic::new(&s.name, s.partitions, TopicReplication::Fixed(s.replication))
-                .set("retention.ms", r)
+            NewTopic::new(
+                &s.name,
+                s.partitions,
+                TopicReplication::Fixed(s.replication),
+            )
+            .set("retention.ms", r)
         })
         .collect();
     let results = admin.create_topics(new.iter(), &opts).await?;

@@ -15,7 +15,9 @@ pub enum SeqOutcome {
     First,
     InOrder,
     /// `missing` sequence numbers were skipped.
-    Gap { missing: u64 },
+    Gap {
+        missing: u64,
+    },
     Duplicate,
     /// Older than the last one seen (and not equal).
     Reorder,

@@ -1,1 +1,43 @@
-fn main() {}
+//! The `ingest` binary: parse settings (exit 64 naming any bad one), set up tracing, bind the
+//! operations port, run until SIGTERM/SIGINT, drain and exit.
+
+use dashstream::config::{exit_config, parse_or_exit, EXIT_CONFIG};
+use dashstream_ingest::IngestArgs;
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args: IngestArgs = parse_or_exit();
+    let settings = args.validate().unwrap_or_else(|e| exit_config(&e));
+    dashstream::telemetry::init("info,rdkafka=warn");
+    let listener = match tokio::net::TcpListener::bind(settings.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "INGEST_LISTEN (--listen): cannot bind {}: {e}",
+                settings.listen
+            );
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    tracing::info!(addr = %settings.listen, "operations endpoints listening");
+    let shutdown = dashstream::shutdown::on_signal();
+    let deadline = settings.options.drain_timeout + std::time::Duration::from_secs(10);
+    let stop = shutdown.clone();
+    let run = dashstream_ingest::run(settings, prometheus::Registry::new(), listener, shutdown);
+    tokio::pin!(run);
+    let result = tokio::select! {
+        r = &mut run => r,
+        _ = async { stop.cancelled().await; tokio::time::sleep(deadline).await } => {
+            tracing::error!(?deadline, "shutdown deadline passed; exiting");
+            return ExitCode::FAILURE;
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "ingest failed");
+            ExitCode::FAILURE
+        }
+    }
+}

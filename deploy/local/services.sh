@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# deploy/local/services.sh — bring the local Redis + Kafka up or down together.
+#
+# Usage: deploy/local/services.sh up|down|restart|status|env
+#
+# up:     redis.sh start, then kafka.sh start (both idempotent: running services
+#         are reused), then writes $DASHSTREAM_STATE_DIR/services.env with
+#           KAFKA_BROKERS=127.0.0.1:PORT
+#           REDIS_URL=redis://127.0.0.1:PORT
+#         and prints those lines on stdout. Load them with:
+#           set -a; . "$(deploy/local/services.sh path)"; set +a
+#         or:  eval "$(deploy/local/services.sh up | sed 's/^/export /')"
+# down:   stops Kafka and Redis (data is kept for the next 'up'); removes services.env.
+# status: exit 0 only if both run.
+# env:    prints services.env (fails if the services are not up).
+# path:   prints the path of services.env.
+set -euo pipefail
+
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+SERVICES_ENV="$DASHSTREAM_STATE_DIR/services.env"
+
+cmd_up() {
+  local start redis_env kafka_env
+  start="$(date +%s)"
+  redis_env="$("$DASHSTREAM_LOCAL_DIR/redis.sh" start)" || die "could not start Redis (see above)"
+  kafka_env="$("$DASHSTREAM_LOCAL_DIR/kafka.sh" start)" || die "could not start Kafka (see above)"
+  [[ "$redis_env" == REDIS_URL=* ]] || die "redis.sh start printed an unexpected line: $redis_env"
+  [[ "$kafka_env" == KAFKA_BROKERS=* ]] || die "kafka.sh start printed an unexpected line: $kafka_env"
+  local tmp="$SERVICES_ENV.tmp.$$"
+  printf '%s\n%s\n' "$kafka_env" "$redis_env" >"$tmp"
+  mv -f "$tmp" "$SERVICES_ENV"
+  log "services up in $(($(date +%s) - start))s; environment in $SERVICES_ENV"
+  cat "$SERVICES_ENV"
+}
+
+cmd_down() {
+  local rc=0
+  rm -f "$SERVICES_ENV"
+  "$DASHSTREAM_LOCAL_DIR/kafka.sh" stop || rc=1
+  "$DASHSTREAM_LOCAL_DIR/redis.sh" stop || rc=1
+  ((rc == 0)) || die "could not stop every service"
+  log "services down (data kept in $DASHSTREAM_STATE_DIR)"
+}
+
+cmd_status() {
+  local rc=0
+  "$DASHSTREAM_LOCAL_DIR/redis.sh" status || rc=1
+  "$DASHSTREAM_LOCAL_DIR/kafka.sh" status || rc=1
+  return "$rc"
+}
+
+cmd_env() {
+  [[ -r "$SERVICES_ENV" ]] || die "services are not up (no $SERVICES_ENV); run: $0 up"
+  cat "$SERVICES_ENV"
+}
+
+main() {
+  ensure_state_dir
+  case "${1:-}" in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  restart) cmd_down && cmd_up ;;
+  status) cmd_status ;;
+  env) cmd_env ;;
+  path) printf '%s\n' "$SERVICES_ENV" ;;
+  *)
+    echo "usage: $0 up|down|restart|status|env|path" >&2
+    exit 2
+    ;;
+  esac
+}
+
+main "$@"

@@ -1,0 +1,238 @@
+//! The ingest tier's metrics, registered in one `prometheus::Registry` (names and meaning in
+//! docs/METRICS.md). Labels come only from small fixed sets, plus `partition`, which is bounded
+//! by the topic's partition count and removed when the partition is revoked.
+
+use dashstream::codec::Reason;
+use prometheus::{
+    exponential_buckets, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
+};
+
+const NS: &str = "dashstream_ingest";
+
+pub struct Metrics {
+    /// Kafka records by outcome: written | duplicate | dlq.
+    pub records: IntCounterVec,
+    pub events_written: IntCounter,
+    /// Processing errors: records that failed decoding or validation, by reason.
+    pub invalid_records: IntCounterVec,
+    pub dlq_send_failures: IntCounter,
+    /// Infrastructure errors by system (kafka | redis) and kind.
+    pub infra_errors: IntCounterVec,
+    pub redis_write_seconds: Histogram,
+    pub partition_lag: IntGaugeVec,
+    pub partition_staleness: GaugeVec,
+    pub partition_assigned: IntGaugeVec,
+    pub partition_acked_offset: IntGaugeVec,
+    pub assigned_partitions: IntGauge,
+    pub lag_poll_failures: IntCounter,
+    pub rebalances: IntCounterVec,
+    pub e2e_latency: Histogram,
+    pub clock_skew: IntCounter,
+    pub sequence: IntCounterVec,
+    pub sequence_tracked_threads: IntGauge,
+    pub stream_resets: IntCounterVec,
+    pub fenced: IntCounter,
+    pub partition_pauses: IntCounter,
+    pub drain_timeouts: IntCounter,
+}
+
+pub const REDIS_ERROR_KINDS: [&str; 4] = ["connection", "timeout", "server", "other"];
+pub const KAFKA_ERROR_KINDS: [&str; 4] = ["consume", "commit", "client", "watermarks"];
+
+impl Metrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help).namespace(NS), labels)
+        };
+        let m = Self {
+            records: counter_vec(
+                "records_total",
+                "Kafka records handled, by outcome (written, duplicate: already in Redis, dlq)",
+                &["outcome"],
+            )?,
+            events_written: IntCounter::with_opts(
+                Opts::new("events_written_total", "Events appended to Redis streams").namespace(NS),
+            )?,
+            invalid_records: counter_vec(
+                "invalid_records_total",
+                "Processing errors: records that failed decoding or validation, by reason",
+                &["reason"],
+            )?,
+            dlq_send_failures: IntCounter::with_opts(
+                Opts::new("dlq_send_failures_total", "Failed attempts to write a DLQ document")
+                    .namespace(NS),
+            )?,
+            infra_errors: counter_vec(
+                "infra_errors_total",
+                "Infrastructure errors, by system (kafka, redis) and kind",
+                &["system", "kind"],
+            )?,
+            redis_write_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "redis_write_duration_seconds",
+                    "Latency of one successful Redis stream write (a batch of records)",
+                )
+                .namespace(NS)
+                .buckets(exponential_buckets(0.0002, 2.0, 16)?),
+            )?,
+            partition_lag: IntGaugeVec::new(
+                Opts::new(
+                    "partition_lag",
+                    "Records in the partition not yet acknowledged by Redis (high watermark - acknowledged position)",
+                )
+                .namespace(NS),
+                &["partition"],
+            )?,
+            partition_staleness: GaugeVec::new(
+                Opts::new(
+                    "partition_staleness_seconds",
+                    "Seconds since the partition last advanced or was seen caught up",
+                )
+                .namespace(NS),
+                &["partition"],
+            )?,
+            partition_assigned: IntGaugeVec::new(
+                Opts::new("partition_assigned", "1 for each partition assigned to this process")
+                    .namespace(NS),
+                &["partition"],
+            )?,
+            partition_acked_offset: IntGaugeVec::new(
+                Opts::new(
+                    "partition_acked_offset",
+                    "Next offset of the partition whose records Redis has all acknowledged",
+                )
+                .namespace(NS),
+                &["partition"],
+            )?,
+            assigned_partitions: IntGauge::with_opts(
+                Opts::new("assigned_partitions", "Partitions assigned to this process").namespace(NS),
+            )?,
+            lag_poll_failures: IntCounter::with_opts(
+                Opts::new("lag_poll_failures_total", "Failed watermark fetches for lag").namespace(NS),
+            )?,
+            rebalances: counter_vec(
+                "rebalances_total",
+                "Consumer group rebalance events, by kind (assign, revoke, error)",
+                &["kind"],
+            )?,
+            e2e_latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "producer_to_redis_seconds",
+                    "From the producer's timestamp to the Redis acknowledgement (skewed clocks excluded)",
+                )
+                .namespace(NS)
+                .buckets(exponential_buckets(0.001, 2.0, 18)?),
+            )?,
+            clock_skew: IntCounter::with_opts(
+                Opts::new(
+                    "clock_skew_events_total",
+                    "Events whose producer timestamp is in the future (excluded from latency)",
+                )
+                .namespace(NS),
+            )?,
+            sequence: counter_vec(
+                "sequence_anomalies_total",
+                "Per-thread sequence anomalies seen at ingest, by kind (gap, duplicate, reorder)",
+                &["kind"],
+            )?,
+            sequence_tracked_threads: IntGauge::with_opts(
+                Opts::new("sequence_tracked_threads", "Threads in the bounded sequence tracker")
+                    .namespace(NS),
+            )?,
+            stream_resets: counter_vec(
+                "stream_resets_total",
+                "New stream epochs started because history was lost, by reason (flushed, topic_recreated, meta_lost)",
+                &["reason"],
+            )?,
+            fenced: IntCounter::with_opts(
+                Opts::new(
+                    "fenced_writes_total",
+                    "Writes refused because another ingest process now owns the partition",
+                )
+                .namespace(NS),
+            )?,
+            partition_pauses: IntCounter::with_opts(
+                Opts::new(
+                    "partition_pauses_total",
+                    "Times fetching of a partition was paused because its queue was full",
+                )
+                .namespace(NS),
+            )?,
+            drain_timeouts: IntCounter::with_opts(
+                Opts::new(
+                    "drain_timeouts_total",
+                    "Revokes or shutdowns whose in-flight work did not finish within the deadline",
+                )
+                .namespace(NS),
+            )?,
+        };
+        registry.register(Box::new(m.records.clone()))?;
+        registry.register(Box::new(m.events_written.clone()))?;
+        registry.register(Box::new(m.invalid_records.clone()))?;
+        registry.register(Box::new(m.dlq_send_failures.clone()))?;
+        registry.register(Box::new(m.infra_errors.clone()))?;
+        registry.register(Box::new(m.redis_write_seconds.clone()))?;
+        registry.register(Box::new(m.partition_lag.clone()))?;
+        registry.register(Box::new(m.partition_staleness.clone()))?;
+        registry.register(Box::new(m.partition_assigned.clone()))?;
+        registry.register(Box::new(m.partition_acked_offset.clone()))?;
+        registry.register(Box::new(m.assigned_partitions.clone()))?;
+        registry.register(Box::new(m.lag_poll_failures.clone()))?;
+        registry.register(Box::new(m.rebalances.clone()))?;
+        registry.register(Box::new(m.e2e_latency.clone()))?;
+        registry.register(Box::new(m.clock_skew.clone()))?;
+        registry.register(Box::new(m.sequence.clone()))?;
+        registry.register(Box::new(m.sequence_tracked_threads.clone()))?;
+        registry.register(Box::new(m.stream_resets.clone()))?;
+        registry.register(Box::new(m.fenced.clone()))?;
+        registry.register(Box::new(m.partition_pauses.clone()))?;
+        registry.register(Box::new(m.drain_timeouts.clone()))?;
+        // Emit every labelled counter from the start, so alerts see 0 rather than nothing.
+        for o in ["written", "duplicate", "dlq"] {
+            m.records.with_label_values(&[o]);
+        }
+        for r in Reason::ALL {
+            m.invalid_records.with_label_values(&[r.as_str()]);
+        }
+        for k in REDIS_ERROR_KINDS {
+            m.infra_errors.with_label_values(&["redis", k]);
+        }
+        for k in KAFKA_ERROR_KINDS {
+            m.infra_errors.with_label_values(&["kafka", k]);
+        }
+        for k in ["assign", "revoke", "error"] {
+            m.rebalances.with_label_values(&[k]);
+        }
+        for k in ["gap", "duplicate", "reorder"] {
+            m.sequence.with_label_values(&[k]);
+        }
+        for r in ["flushed", "topic_recreated", "meta_lost"] {
+            m.stream_resets.with_label_values(&[r]);
+        }
+        process_collector(registry);
+        Ok(m)
+    }
+
+    /// Removes the series of a partition this process no longer owns.
+    pub fn forget_partition(&self, partition: i32) {
+        let p = partition.to_string();
+        let _ = self.partition_lag.remove_label_values(&[&p]);
+        let _ = self.partition_staleness.remove_label_values(&[&p]);
+        let _ = self.partition_assigned.remove_label_values(&[&p]);
+        let _ = self.partition_acked_offset.remove_label_values(&[&p]);
+    }
+
+    pub fn redis_error(&self, kind: &str) {
+        self.infra_errors.with_label_values(&["redis", kind]).inc();
+    }
+
+    pub fn kafka_error(&self, kind: &str) {
+        self.infra_errors.with_label_values(&["kafka", kind]).inc();
+    }
+}
+
+fn process_collector(registry: &Registry) {
+    let pc = prometheus::process_collector::ProcessCollector::for_self();
+    let _ = registry.register(Box::new(pc));
+}

@@ -1,0 +1,125 @@
+//! State shared between the poll thread, the partition workers, the lag monitor and the HTTP
+//! readiness check: per-partition progress and the health of each dependency.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+static CLOCK: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// Monotonic milliseconds since the process started (never 0: 0 means "never").
+pub fn now_ms() -> u64 {
+    CLOCK.elapsed().as_millis() as u64 + 1
+}
+
+/// Progress of one assigned partition.
+#[derive(Debug)]
+pub struct Progress {
+    /// Next offset whose predecessors Redis has all acknowledged; -1 until known.
+    pub acked_next: AtomicI64,
+    /// Where consumption started (committed offset or reset position); -1 until known.
+    pub start_offset: AtomicI64,
+    /// Last time the partition advanced or was seen caught up ([`now_ms`]).
+    pub last_progress_ms: AtomicU64,
+}
+
+impl Progress {
+    pub fn new() -> Self {
+        Self {
+            acked_next: AtomicI64::new(-1),
+            start_offset: AtomicI64::new(-1),
+            last_progress_ms: AtomicU64::new(now_ms()),
+        }
+    }
+
+    pub fn touch(&self) {
+        self.last_progress_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    pub fn staleness(&self) -> Duration {
+        Duration::from_millis(
+            now_ms().saturating_sub(self.last_progress_ms.load(Ordering::Relaxed)),
+        )
+    }
+
+    /// The position lag is measured from: acknowledged, else where consumption started.
+    pub fn position(&self) -> Option<i64> {
+        let a = self.acked_next.load(Ordering::Relaxed);
+        if a >= 0 {
+            return Some(a);
+        }
+        let s = self.start_offset.load(Ordering::Relaxed);
+        (s >= 0).then_some(s)
+    }
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Last success and last error of one dependency.
+#[derive(Debug, Default)]
+pub struct DependencyHealth {
+    ok_ms: AtomicU64,
+    error: Mutex<String>,
+}
+
+impl DependencyHealth {
+    pub fn ok(&self) {
+        self.ok_ms.store(now_ms(), Ordering::Relaxed);
+    }
+    pub fn failed(&self, error: impl Into<String>) {
+        *self.error.lock().expect("health lock") = error.into();
+    }
+    /// `None` when healthy within `window`, else the reason.
+    pub fn problem(&self, name: &str, window: Duration) -> Option<String> {
+        let ok = self.ok_ms.load(Ordering::Relaxed);
+        let fresh = ok > 0 && now_ms().saturating_sub(ok) <= window.as_millis() as u64;
+        if fresh {
+            return None;
+        }
+        let err = self.error.lock().expect("health lock").clone();
+        Some(if ok == 0 {
+            format!("{name}: not reached yet {err}")
+                .trim_end()
+                .to_string()
+        } else {
+            format!(
+                "{name}: unreachable for {}s: {err}",
+                now_ms().saturating_sub(ok) / 1000
+            )
+        })
+    }
+}
+
+/// Health of the process's dependencies, read by `/readyz`.
+#[derive(Debug, Default)]
+pub struct Health {
+    pub redis: DependencyHealth,
+    pub kafka: DependencyHealth,
+    /// A first rebalance happened: the group knows this member and its assignment.
+    pub joined: AtomicBool,
+    /// The topic exists in the cluster metadata.
+    pub topic_missing: AtomicBool,
+}
+
+impl dashstream::http::Readiness for Health {
+    fn check(&self) -> Result<(), Vec<String>> {
+        let mut reasons = Vec::new();
+        reasons.extend(self.redis.problem("redis", Duration::from_secs(3)));
+        reasons.extend(self.kafka.problem("kafka", Duration::from_secs(10)));
+        if self.topic_missing.load(Ordering::Relaxed) {
+            reasons.push("kafka: the topic does not exist".into());
+        }
+        if !self.joined.load(Ordering::Relaxed) {
+            reasons.push("kafka: no partition assignment received yet".into());
+        }
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons)
+        }
+    }
+}
