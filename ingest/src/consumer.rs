@@ -184,6 +184,11 @@ impl IngestContext {
         match slot.tx.try_send(msg) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(msg)) => {
+                tracing::debug!(
+                    partition = p,
+                    offset = msg.offset(),
+                    "queue full; pausing partition"
+                );
                 slot.overflow.push_back(msg);
                 self.metrics.partition_pauses.inc();
                 if let Err(e) = consumer.pause(&self.tpl(p, None)) {
@@ -202,7 +207,9 @@ impl IngestContext {
         let mut slots = self.slots.lock().expect("slots lock");
         let mut store = TopicPartitionList::new();
         for (p, slot) in slots.iter_mut() {
-            if !slot.overflow.is_empty() {
+            // Hysteresis: refill only once half the queue is free, so a busy partition is not
+            // paused and resumed (a fetch round trip each time) for every few records.
+            if !slot.overflow.is_empty() && slot.tx.capacity() * 2 >= slot.tx.max_capacity() {
                 while let Some(m) = slot.overflow.pop_front() {
                     match slot.tx.try_send(m) {
                         Ok(()) => {}
@@ -216,6 +223,7 @@ impl IngestContext {
                     }
                 }
                 if slot.overflow.is_empty() {
+                    tracing::debug!(partition = p, "queue has room; resuming partition");
                     if let Err(e) = consumer.resume(&self.tpl(*p, None)) {
                         tracing::warn!(partition = p, error = %e, "resume failed");
                     }

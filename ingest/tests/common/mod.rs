@@ -1,0 +1,428 @@
+//! Shared harness of the ingest integration tests: a unique topic, group and key prefix per
+//! test on the real Kafka and Redis, the real `ingest` binary as a child process, and checks
+//! that read back what Redis and Kafka hold.
+#![allow(dead_code)]
+
+use dashstream::kafka::KafkaConnection;
+use dashstream::keys::{parse_entry_id, StreamKeys};
+use dashstream::produce::{Delivered, ProduceOptions, ProduceReport};
+use dashstream::provision::{provision, TopicSpec};
+use dashstream::testkit::{self, free_port, http_get, parse_metrics, Sample, Services};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub use dashstream::testkit::{unique, wait_for, RedisServer};
+
+/// Runs a test body with a deadline.
+pub async fn deadline<F: std::future::Future<Output = ()>>(secs: u64, f: F) {
+    tokio::time::timeout(Duration::from_secs(secs), f)
+        .await
+        .unwrap_or_else(|_| panic!("test exceeded its {secs}s deadline"));
+}
+
+/// One test's isolated names on the shared services.
+pub struct Harness {
+    pub services: Services,
+    pub conn: KafkaConnection,
+    pub topic: String,
+    pub dlq_topic: String,
+    pub group: String,
+    pub prefix: String,
+    pub redis_url: String,
+    pub partitions: i32,
+}
+
+impl Harness {
+    /// Creates `<name>` topic (and DLQ) with `partitions`, on the shared Redis.
+    pub async fn new(name: &str, partitions: i32) -> Self {
+        let services = testkit::services();
+        let redis_url = services.redis_url.clone();
+        Self::with_redis(name, partitions, services, redis_url).await
+    }
+
+    /// Same, with a Redis of the test's own.
+    pub async fn with_redis(
+        name: &str,
+        partitions: i32,
+        services: Services,
+        redis_url: String,
+    ) -> Self {
+        let conn = KafkaConnection::plaintext(&services.kafka_brokers);
+        let topic = unique(name);
+        let dlq_topic = format!("{topic}-dlq");
+        provision(
+            &conn,
+            &[
+                TopicSpec {
+                    name: topic.clone(),
+                    partitions,
+                    replication: 1,
+                    retention_ms: 3_600_000,
+                },
+                TopicSpec {
+                    name: dlq_topic.clone(),
+                    partitions: 1,
+                    replication: 1,
+                    retention_ms: 3_600_000,
+                },
+            ],
+        )
+        .await
+        .expect("create test topics");
+        Self {
+            services,
+            conn,
+            group: format!("{topic}-group"),
+            prefix: format!("{topic}-ds"),
+            dlq_topic,
+            topic,
+            redis_url,
+            partitions,
+        }
+    }
+
+    pub fn keys(&self) -> StreamKeys {
+        StreamKeys::new(&self.prefix, &self.topic)
+    }
+
+    pub fn produce_options(&self, count: u64, rate: Option<f64>) -> ProduceOptions {
+        ProduceOptions {
+            topic: self.topic.clone(),
+            threads: 64,
+            count: Some(count),
+            rate,
+            record_deliveries: true,
+            thread_prefix: format!("{}-thread", self.topic),
+            ..ProduceOptions::default()
+        }
+    }
+
+    pub async fn produce(&self, opts: ProduceOptions) -> ProduceReport {
+        dashstream::produce::run(&self.conn, opts, std::future::pending())
+            .await
+            .expect("produce")
+    }
+
+    /// Starts an ingest process for this test's topic, group and prefix.
+    pub fn ingest(&self, name: &str, extra: &[(&str, &str)]) -> IngestProc {
+        IngestProc::spawn(self, name, extra)
+    }
+
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.redis_url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis connection")
+    }
+
+    /// `next_offset` of each partition's meta hash (-1 when absent or unreadable).
+    pub async fn next_offsets(&self) -> Option<BTreeMap<i32, i64>> {
+        let mut c = tokio::time::timeout(Duration::from_secs(2), self.redis())
+            .await
+            .ok()?;
+        let mut out = BTreeMap::new();
+        for p in 0..self.partitions {
+            let v: Option<i64> = tokio::time::timeout(
+                Duration::from_secs(2),
+                redis::cmd("HGET")
+                    .arg(self.keys().meta(p))
+                    .arg("next_offset")
+                    .query_async(&mut c),
+            )
+            .await
+            .ok()?
+            .ok()?;
+            out.insert(p, v.unwrap_or(-1));
+        }
+        Some(out)
+    }
+
+    /// Waits until every partition's stream has moved past the last delivered record.
+    pub async fn wait_written(&self, deliveries: &[Delivered], timeout: Duration) {
+        let want = expected_next(deliveries);
+        wait_for("ingest to write every produced record", timeout, || async {
+            let have = self.next_offsets().await?;
+            want.iter()
+                .all(|(p, o)| have.get(p).copied().unwrap_or(-1) >= *o)
+                .then_some(())
+        })
+        .await;
+    }
+
+    /// Every entry ID of every partition stream, in stream order.
+    pub async fn read_streams(&self) -> BTreeMap<i32, Vec<(i64, usize)>> {
+        let mut c = self.redis().await;
+        let mut out = BTreeMap::new();
+        for p in 0..self.partitions {
+            let key = self.keys().stream(p);
+            let mut ids = Vec::new();
+            let mut start = "-".to_string();
+            loop {
+                let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                    .arg(&key)
+                    .arg(&start)
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(5000)
+                    .query_async(&mut c)
+                    .await
+                    .expect("XRANGE");
+                if reply.ids.is_empty() {
+                    break;
+                }
+                for e in &reply.ids {
+                    ids.push(parse_entry_id(&e.id).expect("entry id is <offset>-<n>"));
+                }
+                start = format!("({}", reply.ids.last().unwrap().id);
+            }
+            out.insert(p, ids);
+        }
+        out
+    }
+
+    /// Committed offsets of this test's group.
+    pub fn committed(&self) -> BTreeMap<i32, i64> {
+        let c: BaseConsumer = self
+            .conn
+            .client_config()
+            .set("group.id", &self.group)
+            .create()
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..self.partitions {
+            tpl.add_partition(&self.topic, p);
+        }
+        let got = c
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .expect("committed offsets");
+        got.elements()
+            .iter()
+            .map(|e| {
+                let o = match e.offset() {
+                    Offset::Offset(o) => o,
+                    _ => -1,
+                };
+                (e.partition(), o)
+            })
+            .collect()
+    }
+
+    pub fn high_watermarks(&self) -> BTreeMap<i32, i64> {
+        let c: BaseConsumer = self.conn.client_config().create().expect("consumer");
+        (0..self.partitions)
+            .map(|p| {
+                (
+                    p,
+                    c.fetch_watermarks(&self.topic, p, Duration::from_secs(10))
+                        .expect("watermarks")
+                        .1,
+                )
+            })
+            .collect()
+    }
+}
+
+/// The next offset each partition must reach: one past its last delivered record.
+pub fn expected_next(deliveries: &[Delivered]) -> BTreeMap<i32, i64> {
+    let mut want = BTreeMap::new();
+    for d in deliveries {
+        let e = want.entry(d.partition).or_insert(0);
+        *e = (*e).max(d.offset + 1);
+    }
+    want
+}
+
+/// Asserts each partition stream holds exactly the events of the valid delivered records, each
+/// once, in offset order, and nothing else.
+pub fn assert_exactly_once(deliveries: &[Delivered], streams: &BTreeMap<i32, Vec<(i64, usize)>>) {
+    let mut want: BTreeMap<i32, Vec<(i64, usize)>> = BTreeMap::new();
+    for d in deliveries.iter().filter(|d| d.fault.is_none()) {
+        let v = want.entry(d.partition).or_default();
+        for i in 0..d.events as usize {
+            v.push((d.offset, i));
+        }
+    }
+    for v in want.values_mut() {
+        v.sort();
+    }
+    let mut total = 0;
+    for (p, have) in streams {
+        let expect = want.remove(p).unwrap_or_default();
+        let mut sorted = have.clone();
+        sorted.sort();
+        assert_eq!(&sorted, have, "partition {p}: stream not in offset order");
+        sorted.dedup();
+        assert_eq!(sorted.len(), have.len(), "partition {p}: duplicate entries");
+        if have != &expect {
+            let hs: std::collections::BTreeSet<_> = have.iter().collect();
+            let es: std::collections::BTreeSet<_> = expect.iter().collect();
+            let missing: Vec<_> = es.difference(&hs).take(10).collect();
+            let extra: Vec<_> = hs.difference(&es).take(10).collect();
+            panic!(
+                "partition {p}: {} entries, expected {}; missing {missing:?}; unexpected {extra:?}",
+                have.len(),
+                expect.len()
+            );
+        }
+        total += have.len();
+    }
+    assert!(
+        want.is_empty(),
+        "streams missing for partitions {:?}",
+        want.keys()
+    );
+    assert!(total > 0, "no entries at all");
+}
+
+/// A running `ingest` process.
+pub struct IngestProc {
+    pub name: String,
+    pub addr: String,
+    child: Option<Child>,
+    pub log: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl IngestProc {
+    fn spawn(h: &Harness, name: &str, extra: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut env: Vec<(String, String)> = vec![
+            ("KAFKA_BROKERS".into(), h.services.kafka_brokers.clone()),
+            ("KAFKA_TOPIC".into(), h.topic.clone()),
+            ("KAFKA_DLQ_TOPIC".into(), h.dlq_topic.clone()),
+            ("KAFKA_GROUP_ID".into(), h.group.clone()),
+            ("REDIS_URL".into(), h.redis_url.clone()),
+            ("REDIS_KEY_PREFIX".into(), h.prefix.clone()),
+            ("INGEST_LISTEN".into(), addr.clone()),
+            ("INGEST_INSTANCE_ID".into(), name.into()),
+            ("INGEST_DRAIN_TIMEOUT_MS".into(), "5000".into()),
+            ("INGEST_LAG_INTERVAL_MS".into(), "500".into()),
+            ("REDIS_COMMAND_TIMEOUT_MS".into(), "1000".into()),
+            (
+                "RUST_LOG".into(),
+                "info,rdkafka=warn,librdkafka=warn".into(),
+            ),
+        ];
+        for (k, v) in extra {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.to_string(), v.to_string()));
+        }
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let log = dir.join(format!("{}-{name}.log", h.topic));
+        let mut p = Self {
+            name: name.into(),
+            addr,
+            child: None,
+            log,
+            env,
+        };
+        p.start();
+        p
+    }
+
+    fn start(&mut self) {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_ingest"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .expect("spawn ingest");
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL, no chance to drain.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGKILL then start again on the same port.
+    pub fn restart_after_kill9(&mut self) {
+        self.kill9();
+        self.start();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub async fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        testkit::signal(c.id(), "TERM");
+        wait_for(
+            &format!("{} to exit", self.name),
+            Duration::from_secs(30),
+            || {
+                let r = c.try_wait().ok().flatten();
+                async move { r }
+            },
+        )
+        .await
+        .into()
+    }
+
+    pub async fn metrics(&self) -> Option<Vec<Sample>> {
+        match http_get(&self.addr, "/metrics").await {
+            Ok((200, body)) => Some(parse_metrics(&body)),
+            _ => None,
+        }
+    }
+
+    pub async fn readyz(&self) -> Option<(u16, String)> {
+        http_get(&self.addr, "/readyz").await.ok()
+    }
+
+    /// Partitions this process reports as assigned.
+    pub async fn assigned(&self) -> Option<Vec<i32>> {
+        let m = self.metrics().await?;
+        let mut v: Vec<i32> = m
+            .iter()
+            .filter(|s| s.name == "dashstream_ingest_partition_assigned" && s.value == 1.0)
+            .filter_map(|s| s.labels.get("partition")?.parse().ok())
+            .collect();
+        v.sort();
+        Some(v)
+    }
+
+    pub fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for IngestProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Sum of samples of `name` with `labels` on one process.
+pub fn metric(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    testkit::metric_sum(samples, name, labels)
+}
+
+/// Counts per partition of the valid records delivered.
+pub fn by_partition(deliveries: &[Delivered]) -> HashMap<i32, usize> {
+    let mut m = HashMap::new();
+    for d in deliveries {
+        *m.entry(d.partition).or_default() += 1;
+    }
+    m
+}
