@@ -68,7 +68,7 @@ impl std::error::Error for ConfigErrors {}
 
 /// Parses the command line (and environment) with clap; a parse error exits with
 /// [`EXIT_CONFIG`] (help and version exit 0).
-pub fn parse_or_exit<T: clap::Parser>() -> T {
+pub fn parse_or_exit<T: clap::Parser + clap::CommandFactory>() -> T {
     match T::try_parse() {
         Ok(v) => v,
         Err(e) => {
@@ -79,10 +79,34 @@ pub fn parse_or_exit<T: clap::Parser>() -> T {
                 | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => 0,
                 _ => EXIT_CONFIG,
             };
+            if code == EXIT_CONFIG {
+                if let Some(setting) = setting_of_error::<T>(&e) {
+                    eprintln!("invalid configuration: {setting}:");
+                }
+            }
             let _ = e.print();
             std::process::exit(code);
         }
     }
+}
+
+/// The `ENV (--flag)` name of the argument a clap error is about, if it has an env variable.
+fn setting_of_error<T: clap::CommandFactory>(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue};
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let flag = arg.split_whitespace().next()?.trim_start_matches("--");
+    fn find(cmd: &clap::Command, flag: &str) -> Option<String> {
+        for a in cmd.get_arguments() {
+            if a.get_long() == Some(flag) {
+                let env = a.get_env()?.to_string_lossy().into_owned();
+                return Some(format!("{env} (--{flag})"));
+            }
+        }
+        cmd.get_subcommands().find_map(|c| find(c, flag))
+    }
+    find(&T::command(), flag)
 }
 
 /// Prints the problems and exits with [`EXIT_CONFIG`].

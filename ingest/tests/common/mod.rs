@@ -1,7 +1,7 @@
 //! Shared harness of the ingest integration tests: a unique topic, group and key prefix per
 //! test on the real Kafka and Redis, the real `ingest` binary as a child process, and checks
 //! that read back what Redis and Kafka hold.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use dashstream::kafka::KafkaConnection;
 use dashstream::keys::{parse_entry_id, StreamKeys};
@@ -25,6 +25,7 @@ pub async fn deadline<F: std::future::Future<Output = ()>>(secs: u64, f: F) {
 }
 
 /// One test's isolated names on the shared services.
+#[derive(Clone)]
 pub struct Harness {
     pub services: Services,
     pub conn: KafkaConnection,

@@ -1,0 +1,60 @@
+//! A stalled pipeline (its Redis frozen with SIGSTOP, so writes hang) while the producer
+//! continues: the lag metric read from /metrics keeps rising, and so does staleness, for the
+//! whole stall; neither is ever reported as 0. After the stall everything is delivered.
+
+mod common;
+use common::*;
+use dashstream::testkit;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_consumer_shows_lag_and_staleness_rising_never_zero() {
+    deadline(240, async {
+        let redis = RedisServer::start();
+        let h = Harness::with_redis("stall", 2, testkit::services(), redis.url()).await;
+        let ingest = h.ingest("i1", &[("INGEST_LAG_INTERVAL_MS", "250")]);
+        let producer = tokio::spawn({
+            let (conn, opts) = (h.conn.clone(), h.produce_options(30_000, Some(1_000.0)));
+            async move { dashstream::produce::run(&conn, opts, std::future::pending()).await }
+        });
+        wait_for("ingest writing", Duration::from_secs(60), || async {
+            let n: i64 = h.next_offsets().await?.values().filter(|v| **v > 0).sum();
+            (n > 500).then_some(())
+        })
+        .await;
+
+        redis.pause();
+        let sample = || async {
+            let m = ingest.metrics().await.expect("metrics during the stall");
+            (
+                metric(&m, "dashstream_ingest_partition_lag", &[]),
+                metric(&m, "dashstream_ingest_partition_staleness_seconds", &[]),
+                m.iter().filter(|s| s.name == "dashstream_ingest_partition_lag").count(),
+            )
+        };
+        // Give the pipeline a moment to notice (its in-flight write hangs), then watch 12 s.
+        let mut last = wait_for("lag to start rising", Duration::from_secs(20), || async {
+            let s = sample().await;
+            (s.0 > 0.0 && s.1 > 1.0).then_some(s)
+        })
+        .await;
+        for _ in 0..12 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = sample().await;
+            assert_eq!(now.2, 2, "a lag series per assigned partition, all the time");
+            assert!(now.0 > last.0, "lag must keep rising while stalled: {last:?} -> {now:?}");
+            assert!(now.1 > last.1, "staleness must keep rising while stalled: {last:?} -> {now:?}");
+            last = now;
+        }
+        redis.resume();
+        let report = producer.await.unwrap().expect("produce");
+        h.wait_written(&report.deliveries, Duration::from_secs(120)).await;
+        assert_exactly_once(&report.deliveries, &h.read_streams().await);
+        wait_for("lag back to 0 after the stall", Duration::from_secs(30), || async {
+            let s = sample().await;
+            (s.0 == 0.0 && s.1 < 5.0).then_some(())
+        })
+        .await;
+    })
+    .await;
+}
