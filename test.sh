@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# test.sh — runs every test of the project against real services, on a fresh machine too:
+#   1. installs what is missing (build tools and libraries from Debian; Redis and Apache Kafka
+#      come with deploy/local/services.sh),
+#   2. starts Kafka and Redis on free local ports (or reuses the ones already running),
+#   3. checks formatting and lints, then runs the unit and integration tests,
+#   4. stops the services again if it started them.
+# Each integration test creates its own topic, consumer group and Redis key prefix, and has
+# its own deadline.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+# shellcheck source=deploy/local/lib.sh
+source deploy/local/lib.sh
+
+log "checking build prerequisites"
+ensure_apt_packages build-essential pkg-config libssl-dev zlib1g-dev cmake python3 curl
+command -v cargo >/dev/null || die "cargo is not installed (Rust 1.85+ is required)"
+
+started_here=0
+if ! deploy/local/services.sh status >/dev/null 2>&1; then
+  started_here=1
+fi
+deploy/local/services.sh up >/dev/null
+if ((started_here)) && [[ "${KEEP_SERVICES:-0}" != 1 ]]; then
+  trap 'deploy/local/services.sh down >/dev/null 2>&1 || true' EXIT
+fi
+set -a
+# shellcheck disable=SC1091
+source "$(deploy/local/services.sh path)"
+set +a
+log "Kafka at $KAFKA_BROKERS, Redis at $REDIS_URL"
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+log "cargo test (unit and integration tests against the real Kafka and Redis)"
+# Integration test binaries run one after another; each test has its own deadline.
+cargo test --workspace --locked -- --test-threads=2
+log "all tests passed"
