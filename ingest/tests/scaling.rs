@@ -7,9 +7,15 @@ use std::time::Duration;
 
 async fn assert_single_owner(procs: &[&IngestProc], partitions: i32) {
     wait_for("every partition owned by exactly one ingest", Duration::from_secs(60), || async {
+        // Settled: each process owns something (12 partitions, at most 3 processes) and the
+        // union is every partition exactly once.
         let mut owned = Vec::new();
         for p in procs {
-            owned.extend(p.assigned().await?);
+            let mine = p.assigned().await?;
+            if mine.is_empty() {
+                return None;
+            }
+            owned.extend(mine);
         }
         owned.sort();
         (owned == (0..partitions).collect::<Vec<_>>()).then_some(())
@@ -32,10 +38,6 @@ async fn scaling_one_three_one_keeps_exactly_once_and_single_ownership() {
         let mut b = h.ingest("b", &[]);
         let mut c = h.ingest("c", &[]);
         assert_single_owner(&[&a, &b, &c], 12).await;
-        for p in [&a, &b, &c] {
-            let n = p.assigned().await.unwrap().len();
-            assert!(n >= 1, "{} owns no partition after scaling to 3", p.name);
-        }
 
         b.stop().await.expect("b exits");
         c.stop().await.expect("c exits");
