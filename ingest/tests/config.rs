@@ -9,7 +9,10 @@ fn run(env: &[(&str, &str)]) -> (i32, String) {
         .envs(env.iter().copied())
         .output()
         .expect("run ingest");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -17,16 +20,35 @@ fn bad_settings_exit_64_naming_the_setting() {
     let brokers = ("KAFKA_BROKERS", "127.0.0.1:9");
     let cases: &[(&[(&str, &str)], &str)] = &[
         (&[], "KAFKA_BROKERS"),
-        (&[brokers, ("KAFKA_AUTO_OFFSET_RESET", "smallest")], "KAFKA_AUTO_OFFSET_RESET"),
-        (&[brokers, ("KAFKA_SECURITY_PROTOCOL", "sasl_ssl"), ("KAFKA_SASL_MECHANISM", "PLAIN")], "KAFKA_SASL_USERNAME"),
-        (&[brokers, ("KAFKA_SECURITY_PROTOCOL", "sasl_plaintext")], "KAFKA_SASL_MECHANISM"),
+        (
+            &[brokers, ("KAFKA_AUTO_OFFSET_RESET", "smallest")],
+            "KAFKA_AUTO_OFFSET_RESET",
+        ),
+        (
+            &[
+                brokers,
+                ("KAFKA_SECURITY_PROTOCOL", "sasl_ssl"),
+                ("KAFKA_SASL_MECHANISM", "PLAIN"),
+            ],
+            "KAFKA_SASL_USERNAME",
+        ),
+        (
+            &[brokers, ("KAFKA_SECURITY_PROTOCOL", "sasl_plaintext")],
+            "KAFKA_SASL_MECHANISM",
+        ),
         (&[brokers, ("REDIS_URL", "http://nope")], "REDIS_URL"),
-        (&[brokers, ("INGEST_STREAM_MAXLEN", "ten")], "INGEST_STREAM_MAXLEN"),
+        (
+            &[brokers, ("INGEST_STREAM_MAXLEN", "ten")],
+            "INGEST_STREAM_MAXLEN",
+        ),
         (&[brokers, ("KAFKA_TOPIC", "bad topic")], "KAFKA_TOPIC"),
     ];
     for (env, setting) in cases {
         let (code, stderr) = run(env);
         assert_eq!(code, 64, "{env:?}: exit code; stderr: {stderr}");
-        assert!(stderr.contains(setting), "{env:?}: message must name {setting}: {stderr}");
+        assert!(
+            stderr.contains(setting),
+            "{env:?}: message must name {setting}: {stderr}"
+        );
     }
 }

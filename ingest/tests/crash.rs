@@ -21,10 +21,14 @@ async fn kill_9_at_random_moments_loses_and_doubles_nothing() {
             // Let it get going (written something since the last start), then kill at a random
             // moment within the next 1.5 s.
             let before: i64 = h.next_offsets().await.unwrap_or_default().values().sum();
-            wait_for("progress after restart", Duration::from_secs(60), || async {
-                let now: i64 = h.next_offsets().await?.values().sum();
-                (now > before || producer.is_finished()).then_some(())
-            })
+            wait_for(
+                "progress after restart",
+                Duration::from_secs(60),
+                || async {
+                    let now: i64 = h.next_offsets().await?.values().sum();
+                    (now > before || producer.is_finished()).then_some(())
+                },
+            )
             .await;
             tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 1500)).await;
             ingest.restart_after_kill9();
@@ -32,10 +36,14 @@ async fn kill_9_at_random_moments_loses_and_doubles_nothing() {
         }
         let report = producer.await.unwrap().expect("produce");
         assert!(kills >= 10, "killed {kills} times");
-        h.wait_written(&report.deliveries, Duration::from_secs(120)).await;
+        h.wait_written(&report.deliveries, Duration::from_secs(120))
+            .await;
         assert_exactly_once(&report.deliveries, &h.read_streams().await);
         let m = ingest.metrics().await.expect("metrics");
-        assert_eq!(metric(&m, "dashstream_ingest_invalid_records_total", &[]), 0.0);
+        assert_eq!(
+            metric(&m, "dashstream_ingest_invalid_records_total", &[]),
+            0.0
+        );
     })
     .await;
 }

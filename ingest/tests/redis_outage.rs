@@ -45,7 +45,11 @@ async fn redis_outage_delays_events_but_never_loses_or_doubles_them() {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     };
                     for (p, c) in &committed {
-                        assert!(*c <= redis_next[p], "partition {p}: committed {c} > Redis next_offset {}", redis_next[p]);
+                        assert!(
+                            *c <= redis_next[p],
+                            "partition {p}: committed {c} > Redis next_offset {}",
+                            redis_next[p]
+                        );
                     }
                     checked += 1;
                     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -76,17 +80,29 @@ async fn redis_outage_delays_events_but_never_loses_or_doubles_them() {
         .await;
 
         let report = producer.await.unwrap().expect("produce");
-        h.wait_written(&report.deliveries, Duration::from_secs(120)).await;
+        h.wait_written(&report.deliveries, Duration::from_secs(120))
+            .await;
         done.store(true, Ordering::Relaxed);
         let checks = sampler.await.expect("committed offsets never passed Redis");
         assert!(checks > 5, "only {checks} offset samples");
         assert_exactly_once(&report.deliveries, &h.read_streams().await);
 
         let after = ingest.metrics().await.expect("metrics");
-        let infra = |m: &[_]| metric(m, "dashstream_ingest_infra_errors_total", &[("system", "redis")]);
-        assert!(infra(&during) > infra(&before), "redis infrastructure errors rose during the outage");
-        assert_eq!(metric(&after, "dashstream_ingest_invalid_records_total", &[]), 0.0);
+        let infra = |m: &[_]| {
+            metric(
+                m,
+                "dashstream_ingest_infra_errors_total",
+                &[("system", "redis")],
+            )
+        };
+        assert!(
+            infra(&during) > infra(&before),
+            "redis infrastructure errors rose during the outage"
+        );
+        assert_eq!(
+            metric(&after, "dashstream_ingest_invalid_records_total", &[]),
+            0.0
+        );
     })
     .await;
 }
-

@@ -6,20 +6,24 @@ use common::*;
 use std::time::Duration;
 
 async fn assert_single_owner(procs: &[&IngestProc], partitions: i32) {
-    wait_for("every partition owned by exactly one ingest", Duration::from_secs(60), || async {
-        // Settled: each process owns something (12 partitions, at most 3 processes) and the
-        // union is every partition exactly once.
-        let mut owned = Vec::new();
-        for p in procs {
-            let mine = p.assigned().await?;
-            if mine.is_empty() {
-                return None;
+    wait_for(
+        "every partition owned by exactly one ingest",
+        Duration::from_secs(60),
+        || async {
+            // Settled: each process owns something (12 partitions, at most 3 processes) and the
+            // union is every partition exactly once.
+            let mut owned = Vec::new();
+            for p in procs {
+                let mine = p.assigned().await?;
+                if mine.is_empty() {
+                    return None;
+                }
+                owned.extend(mine);
             }
-            owned.extend(mine);
-        }
-        owned.sort();
-        (owned == (0..partitions).collect::<Vec<_>>()).then_some(())
-    })
+            owned.sort();
+            (owned == (0..partitions).collect::<Vec<_>>()).then_some(())
+        },
+    )
     .await;
 }
 
@@ -44,7 +48,8 @@ async fn scaling_one_three_one_keeps_exactly_once_and_single_ownership() {
         assert_single_owner(&[&a], 12).await;
 
         let report = producer.await.unwrap().expect("produce");
-        h.wait_written(&report.deliveries, Duration::from_secs(120)).await;
+        h.wait_written(&report.deliveries, Duration::from_secs(120))
+            .await;
         assert_exactly_once(&report.deliveries, &h.read_streams().await);
         a.stop().await;
         let committed = h.committed();

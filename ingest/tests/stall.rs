@@ -29,7 +29,9 @@ async fn a_stalled_consumer_shows_lag_and_staleness_rising_never_zero() {
             (
                 metric(&m, "dashstream_ingest_partition_lag", &[]),
                 metric(&m, "dashstream_ingest_partition_staleness_seconds", &[]),
-                m.iter().filter(|s| s.name == "dashstream_ingest_partition_lag").count(),
+                m.iter()
+                    .filter(|s| s.name == "dashstream_ingest_partition_lag")
+                    .count(),
             )
         };
         // Give the pipeline a moment to notice (its in-flight write hangs), then watch 12 s.
@@ -41,19 +43,33 @@ async fn a_stalled_consumer_shows_lag_and_staleness_rising_never_zero() {
         for _ in 0..12 {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let now = sample().await;
-            assert_eq!(now.2, 2, "a lag series per assigned partition, all the time");
-            assert!(now.0 > last.0, "lag must keep rising while stalled: {last:?} -> {now:?}");
-            assert!(now.1 > last.1, "staleness must keep rising while stalled: {last:?} -> {now:?}");
+            assert_eq!(
+                now.2, 2,
+                "a lag series per assigned partition, all the time"
+            );
+            assert!(
+                now.0 > last.0,
+                "lag must keep rising while stalled: {last:?} -> {now:?}"
+            );
+            assert!(
+                now.1 > last.1,
+                "staleness must keep rising while stalled: {last:?} -> {now:?}"
+            );
             last = now;
         }
         redis.resume();
         let report = producer.await.unwrap().expect("produce");
-        h.wait_written(&report.deliveries, Duration::from_secs(120)).await;
+        h.wait_written(&report.deliveries, Duration::from_secs(120))
+            .await;
         assert_exactly_once(&report.deliveries, &h.read_streams().await);
-        wait_for("lag back to 0 after the stall", Duration::from_secs(30), || async {
-            let s = sample().await;
-            (s.0 == 0.0 && s.1 < 5.0).then_some(())
-        })
+        wait_for(
+            "lag back to 0 after the stall",
+            Duration::from_secs(30),
+            || async {
+                let s = sample().await;
+                (s.0 == 0.0 && s.1 < 5.0).then_some(())
+            },
+        )
         .await;
     })
     .await;

@@ -123,8 +123,11 @@ impl Harness {
 
     /// `next_offset` of each partition's meta hash (-1 when absent or unreadable).
     pub async fn next_offsets(&self) -> Option<BTreeMap<i32, i64>> {
-        let mut c = tokio::time::timeout(Duration::from_secs(2), self.redis())
+        let client = redis::Client::open(self.redis_url.as_str()).ok()?;
+        let connect = client.get_multiplexed_async_connection();
+        let mut c = tokio::time::timeout(Duration::from_secs(2), connect)
             .await
+            .ok()?
             .ok()?;
         let mut out = BTreeMap::new();
         for p in 0..self.partitions {
