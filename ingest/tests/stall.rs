@@ -40,6 +40,7 @@ async fn a_stalled_consumer_shows_lag_and_staleness_rising_never_zero() {
             (s.0 > 0.0 && s.1 > 1.0).then_some(s)
         })
         .await;
+        let first = last;
         for _ in 0..12 {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let now = sample().await;
@@ -48,8 +49,8 @@ async fn a_stalled_consumer_shows_lag_and_staleness_rising_never_zero() {
                 "a lag series per assigned partition, all the time"
             );
             assert!(
-                now.0 > last.0,
-                "lag must keep rising while stalled: {last:?} -> {now:?}"
+                now.0 >= last.0 && now.0 > 0.0,
+                "lag must never fall while stalled: {last:?} -> {now:?}"
             );
             assert!(
                 now.1 > last.1,
@@ -57,6 +58,10 @@ async fn a_stalled_consumer_shows_lag_and_staleness_rising_never_zero() {
             );
             last = now;
         }
+        assert!(
+            last.0 >= first.0 + 5_000.0,
+            "lag rose with the producer (1000/s for 12 s): {first:?} -> {last:?}"
+        );
         redis.resume();
         let report = producer.await.unwrap().expect("produce");
         h.wait_written(&report.deliveries, Duration::from_secs(120))
