@@ -8,6 +8,9 @@ use http_body_util::Full;
 use hyper::{body::Incoming, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use prometheus::{Encoder, Registry, TextEncoder};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -24,12 +27,24 @@ pub trait Readiness: Send + Sync + 'static {
     fn check(&self) -> Result<(), Vec<String>>;
 }
 
+/// Handles every path the operations server does not (e.g. the gateway's `/ws`).
+pub type Fallback = Arc<
+    dyn Fn(
+            Request<Incoming>,
+            SocketAddr,
+        ) -> Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// Everything the operations server needs.
 pub struct OpsState {
     pub registry: Registry,
     pub readiness: Arc<dyn Readiness>,
     /// Runs before each gather, for gauges derived from the clock (e.g. staleness).
     pub before_gather: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// Other paths; 404 when absent.
+    pub fallback: Option<Fallback>,
 }
 
 /// Serves until `shutdown` is cancelled.
@@ -40,7 +55,7 @@ pub async fn serve(listener: TcpListener, state: Arc<OpsState>, shutdown: Cancel
             _ = shutdown.cancelled() => return,
             p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
         };
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(c) => c,
@@ -56,19 +71,24 @@ pub async fn serve(listener: TcpListener, state: Arc<OpsState>, shutdown: Cancel
             let _permit = permit;
             let svc = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, std::convert::Infallible>(route(&state, req)) }
+                async move { Ok::<_, std::convert::Infallible>(route(&state, req, peer).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .max_buf_size(16 * 1024)
-                .serve_connection(TokioIo::new(stream), svc);
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades();
             let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
         });
     }
 }
 
-fn route(state: &OpsState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(
+    state: &OpsState,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
     }
@@ -95,11 +115,14 @@ fn route(state: &OpsState, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 serde_json::json!({"ready": false, "reasons": reasons}),
             ),
         },
-        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        _ => match &state.fallback {
+            Some(f) => f(req, peer).await,
+            None => text(StatusCode::NOT_FOUND, "not found\n"),
+        },
     }
 }
 
-fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+pub fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
         .header("content-type", "text/plain; charset=utf-8")

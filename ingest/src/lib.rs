@@ -154,6 +154,7 @@ pub async fn run(
             let (consumer, metrics) = (consumer.clone(), metrics.clone());
             Arc::new(move || lag::update_staleness(consumer.context(), &metrics))
         }),
+        fallback: None,
     });
     let http_stop = CancellationToken::new();
     let http = tokio::spawn(dashstream::http::serve(listener, ops, http_stop.clone()));

@@ -1,0 +1,307 @@
+//! Settings of the gateway service: one flag and one environment variable each, every problem
+//! reported at once (the binary exits 64 on any).
+
+use crate::ws::WsSettings;
+use clap::Parser;
+use dashstream::config::{positive_ms, ConfigError, ConfigErrors};
+use dashstream::kafka::ENV_TOPIC;
+use dashstream::redis_config::{RedisArgs, RedisSettings};
+use ipnet::IpNet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "gateway",
+    version,
+    about = "DashStream gateway: Redis Streams -> WebSocket clients"
+)]
+pub struct GatewayArgs {
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    /// The event topic whose streams are served.
+    #[arg(long = "kafka-topic", env = ENV_TOPIC, default_value = dashstream::DEFAULT_TOPIC)]
+    pub topic: String,
+    /// Address of /ws, /metrics, /healthz and /readyz.
+    #[arg(
+        long = "listen",
+        env = "GATEWAY_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub listen: String,
+    /// Name of this replica in `welcome` frames (default: hostname-pid).
+    #[arg(long = "replica-id", env = "GATEWAY_REPLICA_ID")]
+    pub replica_id: Option<String>,
+    #[arg(
+        long = "max-connections",
+        env = "GATEWAY_MAX_CONNECTIONS",
+        default_value_t = 10_000
+    )]
+    pub max_connections: usize,
+    #[arg(
+        long = "max-connections-per-ip",
+        env = "GATEWAY_MAX_CONNECTIONS_PER_IP",
+        default_value_t = 100
+    )]
+    pub max_connections_per_ip: usize,
+    /// Proxies whose X-Forwarded-For is believed: comma-separated addresses or CIDR ranges.
+    #[arg(
+        long = "trusted-proxies",
+        env = "GATEWAY_TRUSTED_PROXIES",
+        default_value = ""
+    )]
+    pub trusted_proxies: String,
+    /// Largest frame a client may send.
+    #[arg(
+        long = "max-client-frame-bytes",
+        env = "GATEWAY_MAX_CLIENT_FRAME_BYTES",
+        default_value_t = 4096
+    )]
+    pub max_client_frame_bytes: usize,
+    /// Frames queued per client before the client is moved to catch-up from Redis.
+    #[arg(long = "send-queue", env = "GATEWAY_SEND_QUEUE", default_value_t = 32)]
+    pub send_queue: usize,
+    /// Batches kept in the shared live buffer.
+    #[arg(
+        long = "live-buffer",
+        env = "GATEWAY_LIVE_BUFFER",
+        default_value_t = 1024
+    )]
+    pub live_buffer: usize,
+    /// Most events in one frame.
+    #[arg(
+        long = "max-frame-events",
+        env = "GATEWAY_MAX_FRAME_EVENTS",
+        default_value_t = 200
+    )]
+    pub max_frame_events: usize,
+    /// Entries read per history (XRANGE) request.
+    #[arg(
+        long = "history-page",
+        env = "GATEWAY_HISTORY_PAGE",
+        default_value_t = 1000
+    )]
+    pub history_page: usize,
+    #[arg(
+        long = "ping-interval-ms",
+        env = "GATEWAY_PING_INTERVAL_MS",
+        default_value_t = 15_000
+    )]
+    pub ping_interval_ms: u64,
+    /// A client silent this long (not even answering pings) is closed.
+    #[arg(
+        long = "idle-timeout-ms",
+        env = "GATEWAY_IDLE_TIMEOUT_MS",
+        default_value_t = 60_000
+    )]
+    pub idle_timeout_ms: u64,
+    /// A frame the socket does not take within this time closes the connection.
+    #[arg(
+        long = "send-timeout-ms",
+        env = "GATEWAY_SEND_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    pub send_timeout_ms: u64,
+    /// Deadline for telling every client to reconnect on shutdown.
+    #[arg(
+        long = "drain-timeout-ms",
+        env = "GATEWAY_DRAIN_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub drain_timeout_ms: u64,
+    /// Bad client frames tolerated before the connection is closed (4008).
+    #[arg(
+        long = "max-strikes",
+        env = "GATEWAY_MAX_STRIKES",
+        default_value_t = 10
+    )]
+    pub max_strikes: u32,
+    #[arg(
+        long = "sequence-capacity",
+        env = "GATEWAY_SEQUENCE_CAPACITY",
+        default_value_t = 100_000
+    )]
+    pub sequence_capacity: usize,
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    pub redis: RedisSettings,
+    pub topic: String,
+    pub listen: SocketAddr,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub trusted_proxies: Vec<IpNet>,
+    pub live_buffer: usize,
+    pub drain_timeout: Duration,
+    pub sequence_capacity: usize,
+    pub ws: WsSettings,
+}
+
+fn parse_net(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
+impl GatewayArgs {
+    pub fn validate(&self) -> Result<GatewaySettings, ConfigErrors> {
+        let mut errors = ConfigErrors::default();
+        let redis = self.redis.validate().map_err(|e| errors.extend(e)).ok();
+        let topic_check = dashstream::kafka::TopicArgs {
+            topic: self.topic.clone(),
+            dlq_topic: None,
+        };
+        errors.extend(topic_check.validate());
+        let listen = self.listen.parse::<SocketAddr>().map_err(|_| {
+            errors.push(ConfigError::new(
+                "GATEWAY_LISTEN",
+                "listen",
+                format!("{:?} is not an address like 127.0.0.1:8080", self.listen),
+            ))
+        });
+        let mut trusted = Vec::new();
+        for s in self
+            .trusted_proxies
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            match parse_net(s) {
+                Some(n) => trusted.push(n),
+                None => errors.push(ConfigError::new(
+                    "GATEWAY_TRUSTED_PROXIES",
+                    "trusted-proxies",
+                    format!("{s:?} is not an address or CIDR range"),
+                )),
+            }
+        }
+        let mut at_least = |env: &str, flag: &str, v: u64, min: u64| {
+            if v < min {
+                errors.push(ConfigError::new(
+                    env,
+                    flag,
+                    format!("must be at least {min}"),
+                ));
+            }
+        };
+        at_least(
+            "GATEWAY_MAX_CONNECTIONS",
+            "max-connections",
+            self.max_connections as u64,
+            1,
+        );
+        at_least(
+            "GATEWAY_MAX_CONNECTIONS_PER_IP",
+            "max-connections-per-ip",
+            self.max_connections_per_ip as u64,
+            1,
+        );
+        at_least(
+            "GATEWAY_MAX_CLIENT_FRAME_BYTES",
+            "max-client-frame-bytes",
+            self.max_client_frame_bytes as u64,
+            64,
+        );
+        at_least(
+            "GATEWAY_SEND_QUEUE",
+            "send-queue",
+            self.send_queue as u64,
+            1,
+        );
+        at_least(
+            "GATEWAY_LIVE_BUFFER",
+            "live-buffer",
+            self.live_buffer as u64,
+            1,
+        );
+        at_least(
+            "GATEWAY_MAX_FRAME_EVENTS",
+            "max-frame-events",
+            self.max_frame_events as u64,
+            1,
+        );
+        at_least(
+            "GATEWAY_HISTORY_PAGE",
+            "history-page",
+            self.history_page as u64,
+            1,
+        );
+        at_least(
+            "GATEWAY_MAX_STRIKES",
+            "max-strikes",
+            self.max_strikes as u64,
+            1,
+        );
+        at_least(
+            "GATEWAY_SEQUENCE_CAPACITY",
+            "sequence-capacity",
+            self.sequence_capacity as u64,
+            1,
+        );
+        let ping = positive_ms(
+            "GATEWAY_PING_INTERVAL_MS",
+            "ping-interval-ms",
+            self.ping_interval_ms,
+            &mut errors,
+        );
+        let idle = positive_ms(
+            "GATEWAY_IDLE_TIMEOUT_MS",
+            "idle-timeout-ms",
+            self.idle_timeout_ms,
+            &mut errors,
+        );
+        let send = positive_ms(
+            "GATEWAY_SEND_TIMEOUT_MS",
+            "send-timeout-ms",
+            self.send_timeout_ms,
+            &mut errors,
+        );
+        let drain = positive_ms(
+            "GATEWAY_DRAIN_TIMEOUT_MS",
+            "drain-timeout-ms",
+            self.drain_timeout_ms,
+            &mut errors,
+        );
+        if idle <= ping {
+            errors.push(ConfigError::new(
+                "GATEWAY_IDLE_TIMEOUT_MS",
+                "idle-timeout-ms",
+                "must be longer than the ping interval",
+            ));
+        }
+        match (redis, listen) {
+            (Some(redis), Ok(listen)) if errors.is_empty() => Ok(GatewaySettings {
+                redis,
+                topic: self.topic.clone(),
+                listen,
+                max_connections: self.max_connections,
+                max_connections_per_ip: self.max_connections_per_ip,
+                trusted_proxies: trusted,
+                live_buffer: self.live_buffer,
+                drain_timeout: drain,
+                sequence_capacity: self.sequence_capacity,
+                ws: WsSettings {
+                    server_id: self.replica_id.clone().unwrap_or_else(default_replica_id),
+                    max_client_frame_bytes: self.max_client_frame_bytes,
+                    send_queue: self.send_queue,
+                    max_frame_events: self.max_frame_events,
+                    history_page: self.history_page,
+                    ping_interval: ping,
+                    idle_timeout: idle,
+                    send_timeout: send,
+                    max_strikes: self.max_strikes,
+                },
+            }),
+            _ => Err(errors),
+        }
+    }
+}
+
+fn default_replica_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "gateway".into());
+    format!("{host}-{}", std::process::id())
+}

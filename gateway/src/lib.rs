@@ -1,0 +1,115 @@
+//! The gateway tier: serves every WebSocket client the full stream (or its filter) from the
+//! per-partition Redis streams, resumable from a cursor on any replica. Stateless: every
+//! replica reads every stream with one tail loop ([`reader`]) and fans the decoded events out
+//! to its clients ([`session`], [`ws`]); a client that falls behind reads Redis history.
+
+pub mod config;
+pub mod cursor;
+pub mod event;
+pub mod frames;
+pub mod limits;
+pub mod metrics;
+pub mod reader;
+pub mod session;
+pub mod streams;
+pub mod ws;
+
+pub use config::{GatewayArgs, GatewaySettings};
+
+use dashstream::http::OpsState;
+use dashstream::keys::StreamKeys;
+use prometheus::Registry;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Runs the gateway until `shutdown`; then refuses new clients, tells every client to
+/// reconnect elsewhere with its cursor, and returns once they are gone or the drain deadline
+/// passed. `listener` serves `/ws` and the operations endpoints.
+pub async fn run(
+    settings: GatewaySettings,
+    registry: Registry,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), prometheus::Error> {
+    let metrics = Arc::new(metrics::Metrics::new(&registry)?);
+    let redis = loop {
+        match settings.redis.connect().await {
+            Ok(c) => break c,
+            Err(e) => {
+                metrics
+                    .redis_errors
+                    .with_label_values(&["connection"])
+                    .inc();
+                tracing::warn!(error = %e, "redis unreachable at start-up; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
+    let streams = streams::Streams::new(
+        redis,
+        StreamKeys::new(&settings.redis.key_prefix, &settings.topic),
+        settings.redis.command_timeout,
+        metrics.clone(),
+    );
+    let live = reader::Live::new(settings.live_buffer);
+    let tail_stop = CancellationToken::new();
+    let tail = tokio::spawn(reader::run(
+        live.clone(),
+        streams.clone(),
+        metrics.clone(),
+        reader::TailOptions {
+            read_count: 1000,
+            block: Duration::from_millis(1000),
+            discover_every: Duration::from_secs(2),
+            sequence_capacity: settings.sequence_capacity,
+        },
+        tail_stop.clone(),
+    ));
+    let drain = CancellationToken::new();
+    let gateway = Arc::new(ws::Gateway {
+        live: live.clone(),
+        streams,
+        metrics: metrics.clone(),
+        limits: limits::Limits::new(
+            settings.max_connections,
+            settings.max_connections_per_ip,
+            settings.trusted_proxies.clone(),
+        ),
+        settings: settings.ws.clone(),
+        drain: drain.clone(),
+    });
+    let ops = Arc::new(OpsState {
+        registry,
+        readiness: live.clone(),
+        before_gather: None,
+        fallback: Some({
+            let gw = gateway.clone();
+            Arc::new(move |req, peer| Box::pin(gw.clone().handle(req, peer)))
+        }),
+    });
+    let http_stop = CancellationToken::new();
+    let http = tokio::spawn(dashstream::http::serve(listener, ops, http_stop.clone()));
+    tracing::info!(replica = %settings.ws.server_id, topic = %settings.topic, "gateway started");
+
+    shutdown.cancelled().await;
+    tracing::info!(
+        clients = metrics.connected_clients.get(),
+        "draining: telling clients to reconnect"
+    );
+    drain.cancel();
+    let deadline = tokio::time::Instant::now() + settings.drain_timeout;
+    while metrics.connected_clients.get() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    http_stop.cancel();
+    tail_stop.cancel();
+    let _ = http.await;
+    let _ = tail.await;
+    tracing::info!(left = metrics.connected_clients.get(), "gateway stopped");
+    Ok(())
+}

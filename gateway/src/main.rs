@@ -1,0 +1,32 @@
+//! The `gateway` binary: parse settings (exit 64 naming any bad one), set up tracing, bind,
+//! serve until SIGTERM/SIGINT, drain clients and exit.
+
+use dashstream::config::{exit_config, parse_or_exit, EXIT_CONFIG};
+use dashstream_gateway::GatewayArgs;
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args: GatewayArgs = parse_or_exit();
+    let settings = args.validate().unwrap_or_else(|e| exit_config(&e));
+    dashstream::telemetry::init("info");
+    let listener = match tokio::net::TcpListener::bind(settings.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "GATEWAY_LISTEN (--listen): cannot bind {}: {e}",
+                settings.listen
+            );
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    tracing::info!(addr = %settings.listen, "listening for /ws and the operations endpoints");
+    let shutdown = dashstream::shutdown::on_signal();
+    match dashstream_gateway::run(settings, prometheus::Registry::new(), listener, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "gateway failed");
+            ExitCode::FAILURE
+        }
+    }
+}

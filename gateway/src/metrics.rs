@@ -1,0 +1,140 @@
+//! The gateway's metrics, registered in one `prometheus::Registry` (docs/METRICS.md). Labels
+//! come only from small fixed sets.
+
+use prometheus::{
+    exponential_buckets, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, Opts, Registry,
+};
+
+const NS: &str = "dashstream_gateway";
+
+pub struct Metrics {
+    pub connected_clients: IntGauge,
+    /// Upgrades by result (accepted, rejected) and reason.
+    pub upgrades: IntCounterVec,
+    pub frames_sent: IntCounterVec,
+    pub events_sent: IntCounter,
+    pub bytes_sent: IntCounter,
+    pub catchup_switches: IntCounter,
+    pub gaps: IntCounterVec,
+    pub resumes: IntCounterVec,
+    pub client_errors: IntCounterVec,
+    pub disconnects: IntCounterVec,
+    pub sequence: IntCounterVec,
+    pub redis_seconds: HistogramVec,
+    pub redis_errors: IntCounterVec,
+    pub redis_reconnects: IntCounter,
+    pub tail_delay: Gauge,
+    pub tail_events: IntCounter,
+    pub decode_errors: IntCounter,
+    pub producer_to_send: Histogram,
+    pub clock_skew: IntCounter,
+    pub untrusted_forwarded: IntCounter,
+}
+
+pub const REJECT_REASONS: [&str; 6] = [
+    "global_limit",
+    "ip_limit",
+    "bad_request",
+    "bad_cursor",
+    "draining",
+    "not_websocket",
+];
+pub const CLIENT_ERRORS: [&str; 4] = ["bad_json", "unknown_type", "binary", "frame_too_large"];
+pub const DISCONNECTS: [&str; 6] = [
+    "client",
+    "abuse",
+    "idle",
+    "send_timeout",
+    "draining",
+    "error",
+];
+
+impl Metrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let cv = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help).namespace(NS), labels)
+        };
+        let c = |name: &str, help: &str| IntCounter::with_opts(Opts::new(name, help).namespace(NS));
+        let m = Self {
+            connected_clients: IntGauge::with_opts(Opts::new("connected_clients", "Open WebSocket connections").namespace(NS))?,
+            upgrades: cv("upgrades_total", "WebSocket upgrade requests, by result and reason", &["result", "reason"])?,
+            frames_sent: cv("frames_sent_total", "Frames sent to clients, by frame type", &["type"])?,
+            events_sent: c("events_sent_total", "Events sent to clients (one per client that received it)")?,
+            bytes_sent: c("bytes_sent_total", "Payload bytes of frames sent to clients")?,
+            catchup_switches: c("catchup_switches_total", "Times a client fell behind the live buffer and was switched to reading Redis history")?,
+            gaps: cv("gaps_total", "gap frames sent, by reason (retention, reset)", &["reason"])?,
+            resumes: cv("resumes_total", "Connections that asked to resume from a cursor, by outcome (ok, gap, bad_cursor)", &["outcome"])?,
+            client_errors: cv("client_errors_total", "Bad client input, by kind", &["kind"])?,
+            disconnects: cv("disconnects_total", "Connections closed, by reason", &["reason"])?,
+            sequence: cv("sequence_anomalies_total", "Per-thread sequence anomalies seen by the gateway's reader, by kind (gap, duplicate, reorder)", &["kind"])?,
+            redis_seconds: HistogramVec::new(
+                HistogramOpts::new("redis_command_duration_seconds", "Latency of Redis commands, by command")
+                    .namespace(NS)
+                    .buckets(exponential_buckets(0.0001, 2.0, 18)?),
+                &["command"],
+            )?,
+            redis_errors: cv("redis_errors_total", "Redis errors, by kind (connection, timeout, server, other)", &["kind"])?,
+            redis_reconnects: c("redis_reconnects_total", "Times the Redis tail recovered after an error")?,
+            tail_delay: Gauge::with_opts(Opts::new("tail_delay_seconds", "Age (since ingest) of the newest entry the tail loop read").namespace(NS))?,
+            tail_events: c("tail_events_total", "Events the tail loop read from Redis (once per replica)")?,
+            decode_errors: c("stream_decode_errors_total", "Stream entries that could not be decoded (skipped)")?,
+            producer_to_send: Histogram::with_opts(
+                HistogramOpts::new("producer_to_send_seconds", "From the producer's timestamp to the frame being handed to the client's socket (skewed clocks excluded)")
+                    .namespace(NS)
+                    .buckets(exponential_buckets(0.001, 2.0, 18)?),
+            )?,
+            clock_skew: c("clock_skew_events_total", "Events whose producer timestamp is in the gateway's future (excluded from latency)")?,
+            untrusted_forwarded: c("untrusted_forwarded_for_total", "X-Forwarded-For headers ignored because the peer is not a trusted proxy")?,
+        };
+        registry.register(Box::new(m.connected_clients.clone()))?;
+        registry.register(Box::new(m.upgrades.clone()))?;
+        registry.register(Box::new(m.frames_sent.clone()))?;
+        registry.register(Box::new(m.events_sent.clone()))?;
+        registry.register(Box::new(m.bytes_sent.clone()))?;
+        registry.register(Box::new(m.catchup_switches.clone()))?;
+        registry.register(Box::new(m.gaps.clone()))?;
+        registry.register(Box::new(m.resumes.clone()))?;
+        registry.register(Box::new(m.client_errors.clone()))?;
+        registry.register(Box::new(m.disconnects.clone()))?;
+        registry.register(Box::new(m.sequence.clone()))?;
+        registry.register(Box::new(m.redis_seconds.clone()))?;
+        registry.register(Box::new(m.redis_errors.clone()))?;
+        registry.register(Box::new(m.redis_reconnects.clone()))?;
+        registry.register(Box::new(m.tail_delay.clone()))?;
+        registry.register(Box::new(m.tail_events.clone()))?;
+        registry.register(Box::new(m.decode_errors.clone()))?;
+        registry.register(Box::new(m.producer_to_send.clone()))?;
+        registry.register(Box::new(m.clock_skew.clone()))?;
+        registry.register(Box::new(m.untrusted_forwarded.clone()))?;
+        m.upgrades.with_label_values(&["accepted", "ok"]);
+        for r in REJECT_REASONS {
+            m.upgrades.with_label_values(&["rejected", r]);
+        }
+        for t in ["welcome", "events", "gap", "reconnect", "error", "pong"] {
+            m.frames_sent.with_label_values(&[t]);
+        }
+        for r in ["retention", "reset"] {
+            m.gaps.with_label_values(&[r]);
+        }
+        for o in ["ok", "gap", "bad_cursor"] {
+            m.resumes.with_label_values(&[o]);
+        }
+        for k in CLIENT_ERRORS {
+            m.client_errors.with_label_values(&[k]);
+        }
+        for d in DISCONNECTS {
+            m.disconnects.with_label_values(&[d]);
+        }
+        for k in ["gap", "duplicate", "reorder"] {
+            m.sequence.with_label_values(&[k]);
+        }
+        for k in ["connection", "timeout", "server", "other"] {
+            m.redis_errors.with_label_values(&[k]);
+        }
+        let _ = registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
+        Ok(m)
+    }
+}

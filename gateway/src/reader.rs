@@ -1,0 +1,263 @@
+//! The tail loop: one per replica, whatever the number of clients. It follows every partition
+//! stream (picking up new partitions as they appear), decodes each entry once into a shared
+//! [`LiveEvent`], records the newest position per partition, and broadcasts batches to every
+//! session through a bounded ring ([`tokio::sync::broadcast`]): a session that falls behind
+//! the ring is told so (`Lagged`) and reads Redis history instead. A stream whose epoch changes
+//! (Redis flushed, topic re-created) is re-read from its start and announced as a reset.
+
+use crate::cursor::{EntryId, PartitionPos};
+use crate::event::LiveEvent;
+use crate::metrics::Metrics;
+use crate::streams::{PartRead, Streams};
+use dashstream::seq::{SeqOutcome, SequenceTracker};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+/// What the tail loop broadcasts.
+#[derive(Debug)]
+pub enum LiveItem {
+    /// New events of one partition, in stream order.
+    Events {
+        partition: i32,
+        epoch: Arc<str>,
+        events: Vec<Arc<LiveEvent>>,
+    },
+    /// The partition's stream started a new epoch: history before it is gone.
+    Reset { partition: i32, epoch: Arc<str> },
+}
+
+/// Shared live state of the replica.
+pub struct Live {
+    pub tx: broadcast::Sender<Arc<LiveItem>>,
+    /// Newest position read per partition (updated before each broadcast).
+    pub tops: RwLock<BTreeMap<i32, PartitionPos>>,
+    /// Last time the loop completed an iteration (ms since `start`).
+    heartbeat_ms: AtomicU64,
+    start: Instant,
+    /// Last time Redis answered the loop, and the last error.
+    redis_ok_ms: AtomicU64,
+    redis_error: Mutex<String>,
+}
+
+impl Live {
+    pub fn new(capacity: usize) -> Arc<Self> {
+        let (tx, _) = broadcast::channel(capacity.max(1));
+        Arc::new(Self {
+            tx,
+            tops: RwLock::new(BTreeMap::new()),
+            heartbeat_ms: AtomicU64::new(0),
+            start: Instant::now(),
+            redis_ok_ms: AtomicU64::new(0),
+            redis_error: Mutex::new(String::new()),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64 + 1
+    }
+
+    pub fn tops(&self) -> BTreeMap<i32, PartitionPos> {
+        self.tops.read().expect("tops lock").clone()
+    }
+}
+
+impl dashstream::http::Readiness for Live {
+    fn check(&self) -> Result<(), Vec<String>> {
+        let now = self.now_ms();
+        let mut reasons = Vec::new();
+        let ok = self.redis_ok_ms.load(Ordering::Relaxed);
+        if ok == 0 || now - ok > 3_000 {
+            let err = self.redis_error.lock().expect("error lock").clone();
+            reasons.push(format!("redis: unreachable: {err}"));
+        }
+        let beat = self.heartbeat_ms.load(Ordering::Relaxed);
+        if beat == 0 || now - beat > 5_000 {
+            reasons.push("tail loop: not advancing".to_string());
+        }
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons)
+        }
+    }
+}
+
+/// Settings of the tail loop.
+pub struct TailOptions {
+    pub read_count: usize,
+    pub block: Duration,
+    pub discover_every: Duration,
+    pub sequence_capacity: usize,
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// Runs the tail loop until `stop`.
+pub async fn run(
+    live: Arc<Live>,
+    streams: Streams,
+    metrics: Arc<Metrics>,
+    opts: TailOptions,
+    stop: CancellationToken,
+) {
+    let mut seq = SequenceTracker::new(opts.sequence_capacity);
+    let mut last_discover: Option<Instant> = None;
+    let mut failing = false;
+    let mut backoff = Duration::from_millis(100);
+    while !stop.is_cancelled() {
+        let step = async {
+            if last_discover.is_none_or(|t| t.elapsed() >= opts.discover_every) {
+                discover(&live, &streams).await?;
+                last_discover = Some(Instant::now());
+            }
+            let from: Vec<(i32, EntryId)> =
+                live.tops().iter().map(|(p, pos)| (*p, pos.last)).collect();
+            if from.is_empty() {
+                live.redis_ok_ms.store(live.now_ms(), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                return Ok(());
+            }
+            streams.wait(&from, opts.block).await?;
+            let reads = streams.read(&from, opts.read_count).await?;
+            live.redis_ok_ms.store(live.now_ms(), Ordering::Relaxed);
+            for ((p, _), read) in from.iter().zip(reads) {
+                publish(&live, &metrics, &mut seq, *p, read);
+            }
+            Ok::<(), crate::streams::ReadError>(())
+        };
+        let r = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = step => r,
+        };
+        live.heartbeat_ms.store(live.now_ms(), Ordering::Relaxed);
+        match r {
+            Ok(()) => {
+                if failing {
+                    metrics.redis_reconnects.inc();
+                    tracing::info!("redis tail recovered");
+                    failing = false;
+                }
+                backoff = Duration::from_millis(100);
+            }
+            Err(e) => {
+                *live.redis_error.lock().expect("error lock") = e.to_string();
+                if !failing {
+                    tracing::warn!(error = %e, "redis tail failed; retrying");
+                }
+                failing = true;
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// Adds partitions that appeared, positioned at their current end.
+async fn discover(live: &Live, streams: &Streams) -> Result<(), crate::streams::ReadError> {
+    let known = live.tops();
+    let new: Vec<(i32, EntryId)> = streams
+        .partitions()
+        .await?
+        .into_iter()
+        .filter(|p| !known.contains_key(p))
+        .map(|p| (p, EntryId::ZERO))
+        .collect();
+    if new.is_empty() {
+        return Ok(());
+    }
+    let reads = streams.read(&new, 0).await?;
+    let mut tops = live.tops.write().expect("tops lock");
+    for ((p, _), r) in new.iter().zip(reads) {
+        if let Some(epoch) = r.epoch {
+            tops.insert(
+                *p,
+                PartitionPos {
+                    epoch,
+                    last: r.last,
+                },
+            );
+            tracing::info!(partition = p, "following a new partition stream");
+        }
+    }
+    Ok(())
+}
+
+fn publish(live: &Live, metrics: &Metrics, seq: &mut SequenceTracker, p: i32, read: PartRead) {
+    let Some(epoch) = read.epoch else {
+        return; // meta missing: a reset in progress; wait for the ingest's new epoch
+    };
+    let known = live.tops.read().expect("tops lock").get(&p).cloned();
+    let Some(known) = known else { return };
+    if known.epoch != epoch {
+        tracing::warn!(partition = p, old = %known.epoch, new = %epoch, "stream reset: new epoch");
+        live.tops.write().expect("tops lock").insert(
+            p,
+            PartitionPos {
+                epoch: epoch.clone(),
+                last: EntryId::ZERO,
+            },
+        );
+        let _ = live.tx.send(Arc::new(LiveItem::Reset {
+            partition: p,
+            epoch: epoch.into(),
+        }));
+        return;
+    }
+    let Some(last) = read.entries.last() else {
+        return;
+    };
+    let newest_ingest_us = last.ingest_us;
+    let last_id = last.id;
+    let mut events = Vec::with_capacity(read.entries.len());
+    for e in read.entries {
+        match LiveEvent::from_entry(p, e.id, e.event) {
+            Ok(ev) => {
+                match seq.observe(&ev.thread, ev.sequence) {
+                    SeqOutcome::Gap { .. } => metrics.sequence.with_label_values(&["gap"]).inc(),
+                    SeqOutcome::Duplicate => {
+                        metrics.sequence.with_label_values(&["duplicate"]).inc()
+                    }
+                    SeqOutcome::Reorder => metrics.sequence.with_label_values(&["reorder"]).inc(),
+                    _ => {}
+                }
+                events.push(Arc::new(ev));
+            }
+            Err(err) => {
+                metrics.decode_errors.inc();
+                tracing::warn!(partition = p, id = %e.id, error = %err, "undecodable stream entry skipped");
+            }
+        }
+    }
+    metrics.tail_events.inc_by(events.len() as u64);
+    if newest_ingest_us > 0 {
+        metrics
+            .tail_delay
+            .set(((now_us() - newest_ingest_us).max(0)) as f64 / 1e6);
+    }
+    live.tops.write().expect("tops lock").insert(
+        p,
+        PartitionPos {
+            epoch: epoch.clone(),
+            last: last_id,
+        },
+    );
+    if !events.is_empty() {
+        let _ = live.tx.send(Arc::new(LiveItem::Events {
+            partition: p,
+            epoch: epoch.into(),
+            events,
+        }));
+    }
+}
