@@ -70,8 +70,17 @@ impl RedisArgs {
 impl RedisSettings {
     /// A multiplexed connection that reconnects by itself; every command has the deadline.
     pub async fn connect(&self) -> redis::RedisResult<redis::aio::ConnectionManager> {
+        self.connect_for_blocking(Duration::ZERO).await
+    }
+
+    /// Like [`Self::connect`], for a connection that also runs blocking commands of up to
+    /// `block` (its response deadline is the command timeout plus `block`).
+    pub async fn connect_for_blocking(
+        &self,
+        block: Duration,
+    ) -> redis::RedisResult<redis::aio::ConnectionManager> {
         let cfg = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(self.command_timeout))
+            .set_response_timeout(Some(self.command_timeout + block))
             .set_connection_timeout(Some(self.command_timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));

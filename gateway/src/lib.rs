@@ -34,8 +34,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), prometheus::Error> {
     let metrics = Arc::new(metrics::Metrics::new(&registry)?);
+    let block = Duration::from_millis(1000);
     let redis = loop {
-        match settings.redis.connect().await {
+        match settings.redis.connect_for_blocking(block).await {
             Ok(c) => break c,
             Err(e) => {
                 metrics
@@ -64,7 +65,7 @@ pub async fn run(
         metrics.clone(),
         reader::TailOptions {
             read_count: 1000,
-            block: Duration::from_millis(1000),
+            block,
             discover_every: Duration::from_secs(2),
             sequence_capacity: settings.sequence_capacity,
         },
