@@ -3,7 +3,7 @@
 //! reader task handling client frames (ping, errors, size limit, idle timeout, abuse), and the
 //! session feeding events. When any of them ends, the others are stopped.
 
-use crate::cursor::Cursor;
+use crate::cursor::{Cursor, EntryId};
 use crate::event::Filter;
 use crate::frames::{self, Format, Wire};
 use crate::limits::{Limits, Refusal};
@@ -171,7 +171,7 @@ impl Gateway {
         let start = match from.as_deref() {
             None | Some("latest") => Start::Latest,
             Some("earliest") => Start::Earliest,
-            Some(c) => match self.check_cursor(c) {
+            Some(c) => match self.check_cursor(c).await {
                 Ok(c) => Start::Cursor(c),
                 Err(msg) => {
                     m.resumes.with_label_values(&["bad_cursor"]).inc();
@@ -235,19 +235,26 @@ impl Gateway {
             .expect("valid response")
     }
 
-    /// A cursor must parse and may only name partitions this replica knows, at positions not
-    /// beyond what the stream holds (same epoch).
-    fn check_cursor(&self, s: &str) -> Result<Cursor, String> {
+    /// A cursor must parse and may only name partitions that have a stream, at positions not
+    /// beyond what the stream holds in Redis (when the epoch is the same). Redis is asked, not
+    /// this replica's view: another replica may have read further.
+    async fn check_cursor(&self, s: &str) -> Result<Cursor, String> {
         let c = Cursor::decode(s).map_err(|e| e.to_string())?;
-        let tops = self.live.tops();
-        for (p, pos) in &c.parts {
-            let Some(top) = tops.get(p) else {
-                return Err(format!("bad cursor: partition {p} has no stream"));
-            };
-            if top.epoch == pos.epoch && pos.last > top.last {
-                return Err(format!(
-                    "bad cursor: partition {p} position is beyond the stream"
-                ));
+        let from: Vec<(i32, EntryId)> = c.parts.keys().map(|p| (*p, EntryId::ZERO)).collect();
+        let reads = self
+            .streams
+            .read(&from, 0)
+            .await
+            .map_err(|e| format!("cannot check the cursor now: {e}"))?;
+        for ((p, pos), r) in c.parts.iter().zip(reads) {
+            match r.epoch {
+                None => return Err(format!("bad cursor: partition {p} has no stream")),
+                Some(epoch) if epoch == pos.epoch && pos.last > r.last => {
+                    return Err(format!(
+                        "bad cursor: partition {p} position is beyond the stream"
+                    ))
+                }
+                Some(_) => {}
             }
         }
         Ok(c)
