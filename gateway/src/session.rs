@@ -294,30 +294,33 @@ impl Session {
                     gapped = true;
                     continue;
                 }
-                Some(k) if read.max_deleted > k.last => {
-                    // Entries after the cursor were trimmed by retention: report the range
-                    // once, and continue after it.
-                    let (from, to) = (k.last.offset + 1, read.max_deleted.offset);
+                Some(k) if read.trimmed && trimmed_after(k.last, read.first, read.last) => {
+                    // Retention removed entries after the cursor: report the offsets that can
+                    // no longer be delivered, once, and continue after them.
+                    let next_kept = read.first.map_or(read.last.offset + 1, |f| f.offset);
+                    let (from, to) = (k.last.offset + 1, next_kept - 1);
+                    let resume = EntryId {
+                        offset: to,
+                        n: u32::MAX,
+                    };
                     cursor.parts.insert(
                         p,
                         PartitionPos {
                             epoch: epoch.clone(),
-                            last: read.max_deleted,
+                            last: resume,
                         },
                     );
-                    if to >= from {
-                        self.gap(
-                            cursor,
-                            "retention",
-                            &[Missed {
-                                partition: p,
-                                from,
-                                to,
-                            }],
-                        )
-                        .await?;
-                        gapped = true;
-                    }
+                    self.gap(
+                        cursor,
+                        "retention",
+                        &[Missed {
+                            partition: p,
+                            from,
+                            to,
+                        }],
+                    )
+                    .await?;
+                    gapped = true;
                 }
                 Some(_) => {}
                 None => {
@@ -362,6 +365,16 @@ impl Session {
                 return Ok(gapped);
             }
         }
+    }
+}
+
+/// Whether retention removed entries after `last`: the first kept entry is more than one
+/// offset past it (or nothing is kept). An offset that never held an event (a dead-lettered
+/// record) just before the first kept entry is reported as missed too: the stream cannot tell.
+fn trimmed_after(last: EntryId, first: Option<EntryId>, newest: EntryId) -> bool {
+    match first {
+        Some(f) => f.offset > last.offset + 1,
+        None => newest > last,
     }
 }
 

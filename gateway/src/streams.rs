@@ -1,5 +1,5 @@
 //! Reading the partition streams. One Lua script reads any number of partitions atomically:
-//! for each, the stream's epoch, its first entry, the highest ID trimmed away, its last ID,
+//! for each, the stream's epoch, its first entry, whether retention trimmed it, its last ID,
 //! and the entries after a given ID. Reading the epoch in the same atomic step as the entries
 //! means an entry is never attributed to the wrong epoch across a reset.
 
@@ -20,21 +20,24 @@ local count = tonumber(ARGV[1])
 for i = 1, #KEYS, 2 do
   local stream, meta, after = KEYS[i], KEYS[i + 1], ARGV[(i + 1) / 2 + 1]
   local epoch = redis.call('HGET', meta, 'epoch')
-  local first, deleted, last = false, '0-0', '0-0'
+  local first, trimmed, last = false, 0, '0-0'
   local entries = {}
   if redis.call('EXISTS', stream) == 1 then
     local info = redis.call('XINFO', 'STREAM', stream)
+    local added, length = 0, 0
     for j = 1, #info, 2 do
       local k = info[j]
       if k == 'first-entry' and info[j + 1] then first = info[j + 1][1]
-      elseif k == 'max-deleted-entry-id' then deleted = info[j + 1]
+      elseif k == 'entries-added' then added = info[j + 1]
+      elseif k == 'length' then length = info[j + 1]
       elseif k == 'last-generated-id' then last = info[j + 1] end
     end
+    if added > length then trimmed = 1 end
     if count > 0 then
       entries = redis.call('XRANGE', stream, '(' .. after, '+', 'COUNT', count)
     end
   end
-  out[#out + 1] = {epoch, first, deleted, last, entries}
+  out[#out + 1] = {epoch, first, trimmed, last, entries}
 end
 return out
 "#,
@@ -55,8 +58,8 @@ pub struct Entry {
 pub struct PartRead {
     pub epoch: Option<String>,
     pub first: Option<EntryId>,
-    /// The highest ID trimmed away (0-0 when nothing was).
-    pub max_deleted: EntryId,
+    /// Retention has removed entries (all of them below `first`).
+    pub trimmed: bool,
     pub last: EntryId,
     pub entries: Vec<Entry>,
 }
@@ -222,9 +225,7 @@ fn parse_reads(v: Value) -> Option<Vec<PartRead>> {
             }
             let epoch = text(&f[0]);
             let first = text(&f[1]).and_then(|s| EntryId::parse(&s));
-            let max_deleted = text(&f[2])
-                .and_then(|s| EntryId::parse(&s))
-                .unwrap_or(EntryId::ZERO);
+            let trimmed = matches!(f[2], Value::Int(1));
             let last = text(&f[3])
                 .and_then(|s| EntryId::parse(&s))
                 .unwrap_or(EntryId::ZERO);
@@ -259,7 +260,7 @@ fn parse_reads(v: Value) -> Option<Vec<PartRead>> {
             Some(PartRead {
                 epoch,
                 first,
-                max_deleted,
+                trimmed,
                 last,
                 entries,
             })
