@@ -215,6 +215,7 @@ pub enum Frame {
     Events {
         cursor: String,
         events: Vec<(i32, i64, u32)>,
+        stamps: Vec<i64>,
     },
     Gap {
         cursor: String,
@@ -294,6 +295,12 @@ fn parse_json(t: &str) -> Frame {
             resumed: v["resumed"].as_bool().unwrap(),
         },
         Some("events") => Frame::Events {
+            stamps: v["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["timestamp_us"].as_i64().unwrap())
+                .collect(),
             cursor: s("cursor"),
             events: v["events"]
                 .as_array()
@@ -347,14 +354,19 @@ fn parse_proto(b: &[u8]) -> Frame {
         },
         PFrame::Events(e) => Frame::Events {
             cursor: e.cursor,
+            stamps: e
+                .events
+                .iter()
+                .map(|se| {
+                    let ev = dashstream::proto::Event::decode(se.event.clone())
+                        .expect("original Event bytes");
+                    ev.header.unwrap_or_default().timestamp_us
+                })
+                .collect(),
             events: e
                 .events
                 .into_iter()
-                .map(|se| {
-                    dashstream::proto::Event::decode(se.event.clone())
-                        .expect("original Event bytes");
-                    (se.partition, se.offset, se.index)
-                })
+                .map(|se| (se.partition, se.offset, se.index))
                 .collect(),
         },
         PFrame::Gap(g) => Frame::Gap {
@@ -384,6 +396,73 @@ pub struct Received {
     pub gaps: Vec<Frame>,
     pub duplicates: usize,
     pub out_of_order: usize,
+    /// Producer-to-client latency of every event received, in microseconds.
+    pub latencies_us: Vec<i64>,
+}
+
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64
+}
+
+/// The p-th percentile (0..=100) of `v`.
+pub fn percentile(v: &[i64], p: f64) -> i64 {
+    let mut v = v.to_vec();
+    v.sort_unstable();
+    if v.is_empty() {
+        return 0;
+    }
+    v[(((v.len() - 1) as f64) * p / 100.0).round() as usize]
+}
+
+/// A gateway as a child process (for memory measurements), with `GATEWAY_*` overrides.
+pub struct GatewayProc {
+    pub addr: String,
+    pub child: std::process::Child,
+}
+
+impl GatewayProc {
+    pub async fn spawn(sys: &System, env: &[(&str, &str)]) -> Self {
+        let addr = format!("127.0.0.1:{}", testkit::free_port());
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .env_clear()
+            .env("KAFKA_TOPIC", &sys.topic)
+            .env("REDIS_URL", &sys.redis_url)
+            .env("REDIS_KEY_PREFIX", &sys.prefix)
+            .env("GATEWAY_LISTEN", &addr)
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn gateway");
+        let a = addr.clone();
+        wait_for("gateway process ready", Duration::from_secs(30), || {
+            let a = a.clone();
+            async move { (testkit::http_get(&a, "/readyz").await.ok()?.0 == 200).then_some(()) }
+        })
+        .await;
+        Self { addr, child }
+    }
+
+    /// Resident memory, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for GatewayProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Received {
@@ -392,7 +471,13 @@ impl Received {
             Frame::Welcome { cursor, .. } | Frame::Reconnect { cursor, .. } => {
                 self.cursor = Some(cursor.clone())
             }
-            Frame::Events { cursor, events } => {
+            Frame::Events {
+                cursor,
+                events,
+                stamps,
+            } => {
+                let now = now_us();
+                self.latencies_us.extend(stamps.iter().map(|t| now - t));
                 for e in events {
                     if let Some(prev) = self.last.get(&e.0) {
                         if (e.1, e.2) <= *prev {
