@@ -35,24 +35,41 @@ pub async fn run(
 ) -> Result<(), prometheus::Error> {
     let metrics = Arc::new(metrics::Metrics::new(&registry)?);
     let block = Duration::from_millis(1000);
-    let redis = loop {
-        match settings.redis.connect_for_blocking(block).await {
-            Ok(c) => break c,
-            Err(e) => {
-                metrics
-                    .redis_errors
-                    .with_label_values(&["connection"])
-                    .inc();
-                tracing::warn!(error = %e, "redis unreachable at start-up; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
+    let connect = |blocking: bool| {
+        let redis = settings.redis.clone();
+        async move {
+            if blocking {
+                redis.connect_for_blocking(block).await
+            } else {
+                redis.connect().await
             }
         }
     };
+    let mut conns = Vec::new();
+    for blocking in [false, true] {
+        let c = loop {
+            match connect(blocking).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    metrics
+                        .redis_errors
+                        .with_label_values(&["connection"])
+                        .inc();
+                    tracing::warn!(error = %e, "redis unreachable at start-up; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        };
+        conns.push(c);
+    }
+    let blocking = conns.pop().expect("blocking connection");
+    let redis = conns.pop().expect("connection");
     let streams = streams::Streams::new(
         redis,
+        blocking,
         StreamKeys::new(&settings.redis.key_prefix, &settings.topic),
         settings.redis.command_timeout,
         metrics.clone(),

@@ -94,6 +94,9 @@ impl ReadError {
 #[derive(Clone)]
 pub struct Streams {
     conn: ConnectionManager,
+    /// A connection of its own for `XREAD BLOCK`: a blocked command holds its connection, and
+    /// nothing else may queue behind it.
+    blocking: ConnectionManager,
     keys: StreamKeys,
     timeout: Duration,
     metrics: Arc<Metrics>,
@@ -102,12 +105,14 @@ pub struct Streams {
 impl Streams {
     pub fn new(
         conn: ConnectionManager,
+        blocking: ConnectionManager,
         keys: StreamKeys,
         timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             conn,
+            blocking,
             keys,
             timeout,
             metrics,
@@ -185,7 +190,7 @@ impl Streams {
         for (_, id) in from {
             cmd.arg(id.to_string());
         }
-        let mut c = self.conn.clone();
+        let mut c = self.blocking.clone();
         let _: Value = self
             .timed("xread", self.timeout + block, cmd.query_async(&mut c))
             .await?;
