@@ -24,7 +24,16 @@ async fn a_slow_client_catches_up_from_redis_without_gaps_and_costs_no_memory() 
         let mut fast = connect(&gw.addr, "from=latest").await.unwrap();
         let mut fast_rx = Received::default();
         fast_rx.take(&fast.next(Duration::from_secs(5)).await.unwrap());
-        let a = sys.produce(sys.produce_options(6_000, Some(1_000.0))).await;
+        let producer = tokio::spawn({
+            let (sys, opts) = (sys.clone(), sys.produce_options(6_000, Some(1_000.0)));
+            async move { sys.produce(opts).await }
+        });
+        while !producer.is_finished() {
+            if let Some(f) = fast.next(Duration::from_millis(200)).await {
+                fast_rx.take(&f);
+            }
+        }
+        let a = producer.await.unwrap();
         read_until(&mut fast, &mut fast_rx, &expected(&a.deliveries), Duration::from_secs(60)).await;
         // The second half only: a new producer's first records wait for its broker session.
         let half = fast_rx.latencies_us.len() / 2;
