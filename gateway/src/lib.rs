@@ -88,6 +88,12 @@ pub async fn run(
         },
         tail_stop.clone(),
     ));
+    let watcher = tokio::spawn(reader::watch_progress(
+        live.clone(),
+        streams.clone(),
+        Duration::from_secs(2),
+        tail_stop.clone(),
+    ));
     let drain = CancellationToken::new();
     let gateway = Arc::new(ws::Gateway {
         live: live.clone(),
@@ -128,6 +134,7 @@ pub async fn run(
     tail_stop.cancel();
     let _ = http.await;
     let _ = tail.await;
+    let _ = watcher.await;
     tracing::info!(left = metrics.connected_clients.get(), "gateway stopped");
     Ok(())
 }

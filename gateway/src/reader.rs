@@ -41,6 +41,9 @@ pub struct Live {
     /// Last time Redis answered the loop, and the last error.
     redis_ok_ms: AtomicU64,
     redis_error: Mutex<String>,
+    /// Since when (ms since `start`) some stream has held entries the loop has not read; 0
+    /// when the loop is caught up.
+    behind_since_ms: AtomicU64,
 }
 
 impl Live {
@@ -53,6 +56,7 @@ impl Live {
             start: Instant::now(),
             redis_ok_ms: AtomicU64::new(0),
             redis_error: Mutex::new(String::new()),
+            behind_since_ms: AtomicU64::new(0),
         })
     }
 
@@ -76,7 +80,14 @@ impl dashstream::http::Readiness for Live {
         }
         let beat = self.heartbeat_ms.load(Ordering::Relaxed);
         if beat == 0 || now - beat > 5_000 {
-            reasons.push("tail loop: not advancing".to_string());
+            reasons.push("tail loop: not running".to_string());
+        }
+        let behind = self.behind_since_ms.load(Ordering::Relaxed);
+        if behind > 0 && now - behind > 5_000 {
+            reasons.push(format!(
+                "tail loop: streams grew but the loop has not read them for {}s",
+                (now - behind) / 1000
+            ));
         }
         if reasons.is_empty() {
             Ok(())
@@ -161,6 +172,56 @@ pub async fn run(
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
+    }
+}
+
+/// Watches that the tail loop keeps up: every `every`, compares each stream's last ID in Redis
+/// with the loop's position. Streams that stay ahead of the loop (same epoch) make `/readyz`
+/// fail after 5 s, whatever the reason (a stuck read, a lost position).
+pub async fn watch_progress(
+    live: Arc<Live>,
+    streams: Streams,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    // A stream must stay ahead across two checks to count: the loop may simply not have
+    // reached the newest entries yet.
+    let mut ahead_before: BTreeMap<i32, EntryId> = BTreeMap::new();
+    while !stop.is_cancelled() {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let tops = live.tops();
+        let from: Vec<(i32, EntryId)> = tops.keys().map(|p| (*p, EntryId::ZERO)).collect();
+        let Ok(reads) = streams.read(&from, 0).await else {
+            continue;
+        };
+        let tops = live.tops();
+        let mut ahead = BTreeMap::new();
+        for ((p, _), r) in from.iter().zip(reads) {
+            if let (Some(epoch), Some(top)) = (r.epoch, tops.get(p)) {
+                if epoch == top.epoch && r.last > top.last {
+                    ahead.insert(*p, r.last);
+                }
+            }
+        }
+        // Behind: a stream was already ahead at the last check, at an ID the loop still has
+        // not reached.
+        let stuck = ahead_before
+            .iter()
+            .any(|(p, id)| tops.get(p).is_some_and(|t| t.last < *id) && ahead.contains_key(p));
+        if stuck {
+            let _ = live.behind_since_ms.compare_exchange(
+                0,
+                live.now_ms(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        } else {
+            live.behind_since_ms.store(0, Ordering::Relaxed);
+        }
+        ahead_before = ahead;
     }
 }
 
