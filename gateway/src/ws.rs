@@ -212,9 +212,14 @@ impl Gateway {
             let _slot = slot;
             match hyper::upgrade::on(req).await {
                 Ok(upgraded) => {
+                    // Small buffers: the defaults (128 KiB each way) cost ~140 KiB per idle
+                    // connection; client frames are tiny and each server frame is flushed.
                     let cfg = WebSocketConfig::default()
                         .max_message_size(Some(gw.settings.max_client_frame_bytes))
-                        .max_frame_size(Some(gw.settings.max_client_frame_bytes));
+                        .max_frame_size(Some(gw.settings.max_client_frame_bytes))
+                        .read_buffer_size(4096)
+                        .write_buffer_size(0)
+                        .max_write_buffer_size(16 * 1024 * 1024);
                     let ws = WebSocketStream::from_raw_socket(
                         TokioIo::new(upgraded),
                         Role::Server,
