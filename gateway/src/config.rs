@@ -58,7 +58,8 @@ pub struct GatewayArgs {
         default_value_t = 4096
     )]
     pub max_client_frame_bytes: usize,
-    /// Frames queued per client before the client is moved to catch-up from Redis.
+    /// Frames queued per client; when it is full the client's feed waits, and a client that
+    /// falls behind the live buffer meanwhile is fed from Redis history.
     #[arg(long = "send-queue", env = "GATEWAY_SEND_QUEUE", default_value_t = 32)]
     pub send_queue: usize,
     /// Batches kept in the shared live buffer.

@@ -19,7 +19,7 @@ pub use config::{GatewayArgs, GatewaySettings};
 use dashstream::http::OpsState;
 use dashstream::keys::StreamKeys;
 use prometheus::Registry;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +34,32 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), prometheus::Error> {
     let metrics = Arc::new(metrics::Metrics::new(&registry)?);
+    let live = reader::Live::new(settings.live_buffer);
+    // The operations endpoints answer from the start (/healthz 200, /readyz 503 until Redis
+    // is reached); /ws answers 503 until the gateway is built.
+    let gateway_cell: Arc<OnceLock<Arc<ws::Gateway>>> = Arc::new(OnceLock::new());
+    let ops = Arc::new(OpsState {
+        registry,
+        readiness: live.clone(),
+        before_gather: None,
+        fallback: Some({
+            let cell = gateway_cell.clone();
+            Arc::new(move |req, peer| {
+                let gw = cell.get().cloned();
+                Box::pin(async move {
+                    match gw {
+                        Some(gw) => gw.handle(req, peer).await,
+                        None => dashstream::http::text(
+                            hyper::StatusCode::SERVICE_UNAVAILABLE,
+                            "starting: Redis not reached yet\n",
+                        ),
+                    }
+                })
+            })
+        }),
+    });
+    let http_stop = CancellationToken::new();
+    let http = tokio::spawn(dashstream::http::serve(listener, ops, http_stop.clone()));
     let block = Duration::from_millis(1000);
     let connect = |blocking: bool| {
         let redis = settings.redis.clone();
@@ -57,7 +83,10 @@ pub async fn run(
                         .inc();
                     tracing::warn!(error = %e, "redis unreachable at start-up; retrying");
                     tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = shutdown.cancelled() => {
+                            http_stop.cancel();
+                            return Ok(());
+                        }
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     }
                 }
@@ -74,7 +103,6 @@ pub async fn run(
         settings.redis.command_timeout,
         metrics.clone(),
     );
-    let live = reader::Live::new(settings.live_buffer);
     let tail_stop = CancellationToken::new();
     let tail = tokio::spawn(reader::run(
         live.clone(),
@@ -107,17 +135,7 @@ pub async fn run(
         settings: settings.ws.clone(),
         drain: drain.clone(),
     });
-    let ops = Arc::new(OpsState {
-        registry,
-        readiness: live.clone(),
-        before_gather: None,
-        fallback: Some({
-            let gw = gateway.clone();
-            Arc::new(move |req, peer| Box::pin(gw.clone().handle(req, peer)))
-        }),
-    });
-    let http_stop = CancellationToken::new();
-    let http = tokio::spawn(dashstream::http::serve(listener, ops, http_stop.clone()));
+    let _ = gateway_cell.set(gateway);
     tracing::info!(replica = %settings.ws.server_id, topic = %settings.topic, "gateway started");
 
     shutdown.cancelled().await;
@@ -125,6 +143,8 @@ pub async fn run(
         clients = metrics.connected_clients.get(),
         "draining: telling clients to reconnect"
     );
+    live.draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     drain.cancel();
     let deadline = tokio::time::Instant::now() + settings.drain_timeout;
     while metrics.connected_clients.get() > 0 && tokio::time::Instant::now() < deadline {

@@ -44,6 +44,8 @@ pub struct Live {
     /// Since when (ms since `start`) some stream has held entries the loop has not read; 0
     /// when the loop is caught up.
     behind_since_ms: AtomicU64,
+    /// Set when the replica drains: `/readyz` fails so load balancers stop sending clients.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 impl Live {
@@ -57,11 +59,17 @@ impl Live {
             redis_ok_ms: AtomicU64::new(0),
             redis_error: Mutex::new(String::new()),
             behind_since_ms: AtomicU64::new(0),
+            draining: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
     fn now_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64 + 1
+    }
+
+    /// The tail loop has completed a first pass (it knows the streams).
+    pub fn started(&self) -> bool {
+        self.heartbeat_ms.load(Ordering::Relaxed) > 0
     }
 
     pub fn tops(&self) -> BTreeMap<i32, PartitionPos> {
@@ -73,6 +81,9 @@ impl dashstream::http::Readiness for Live {
     fn check(&self) -> Result<(), Vec<String>> {
         let now = self.now_ms();
         let mut reasons = Vec::new();
+        if self.draining.load(Ordering::Relaxed) {
+            reasons.push("draining: this replica is shutting down".to_string());
+        }
         let ok = self.redis_ok_ms.load(Ordering::Relaxed);
         if ok == 0 || now - ok > 3_000 {
             let err = self.redis_error.lock().expect("error lock").clone();
@@ -127,7 +138,7 @@ pub async fn run(
     while !stop.is_cancelled() {
         let step = async {
             if last_discover.is_none_or(|t| t.elapsed() >= opts.discover_every) {
-                discover(&live, &streams).await?;
+                discover(&live, &streams, last_discover.is_none()).await?;
                 last_discover = Some(Instant::now());
             }
             let from: Vec<(i32, EntryId)> =
@@ -225,8 +236,14 @@ pub async fn watch_progress(
     }
 }
 
-/// Adds partitions that appeared, positioned at their current end.
-async fn discover(live: &Live, streams: &Streams) -> Result<(), crate::streams::ReadError> {
+/// Adds partitions that appeared. At start-up the loop begins at each stream's end (history
+/// is served from Redis); a stream that appears later is read from its beginning, so clients
+/// already connected receive all of it.
+async fn discover(
+    live: &Live,
+    streams: &Streams,
+    at_start: bool,
+) -> Result<(), crate::streams::ReadError> {
     let known = live.tops();
     let new: Vec<(i32, EntryId)> = streams
         .partitions()
@@ -246,7 +263,7 @@ async fn discover(live: &Live, streams: &Streams) -> Result<(), crate::streams::
                 *p,
                 PartitionPos {
                     epoch,
-                    last: r.last,
+                    last: if at_start { r.last } else { EntryId::ZERO },
                 },
             );
             tracing::info!(partition = p, "following a new partition stream");

@@ -43,6 +43,8 @@ pub struct Session {
     pub server: String,
     pub max_frame_events: usize,
     pub history_page: usize,
+    /// Cancelled when the replica drains: the client is told where to resume.
+    pub drain: CancellationToken,
 }
 
 /// Why the feed stopped.
@@ -61,7 +63,8 @@ fn now_us() -> i64 {
 
 impl Session {
     /// Feeds the client until it leaves or `drain` fires (then tells it where to resume).
-    pub async fn run(self, start: Start, drain: CancellationToken) {
+    pub async fn run(self, start: Start) {
+        let drain = self.drain.clone();
         let mut rx = self.live.tx.subscribe();
         let resumed = matches!(start, Start::Cursor(_));
         let (mut cursor, behind) = match start {
@@ -263,6 +266,9 @@ impl Session {
             None
         };
         loop {
+            if self.drain.is_cancelled() {
+                return Err(Stop::Draining);
+            }
             let after = cursor.parts.get(&p).map_or(EntryId::ZERO, |c| c.last);
             let read = loop {
                 match self.streams.read(&[(p, after)], self.history_page).await {

@@ -51,6 +51,13 @@ pub struct Gateway {
     pub drain: CancellationToken,
 }
 
+enum CursorProblem {
+    /// The cursor is not one this system could have given (400, keep nothing of it).
+    Bad(String),
+    /// Redis could not be asked now (503: keep the cursor and retry).
+    Unavailable(String),
+}
+
 struct Params {
     start: Start,
     format: Format,
@@ -129,6 +136,15 @@ impl Gateway {
             return dashstream::http::text(StatusCode::NOT_FOUND, "not found\n");
         }
         let m = &self.metrics;
+        if !self.live.started() {
+            return reject(
+                m,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "UNAVAILABLE",
+                "this replica has not read its streams yet; connect again",
+            );
+        }
         if self.drain.is_cancelled() {
             return reject(
                 m,
@@ -173,9 +189,18 @@ impl Gateway {
             Some("earliest") => Start::Earliest,
             Some(c) => match self.check_cursor(c).await {
                 Ok(c) => Start::Cursor(c),
-                Err(msg) => {
+                Err(CursorProblem::Bad(msg)) => {
                     m.resumes.with_label_values(&["bad_cursor"]).inc();
                     return reject(m, StatusCode::BAD_REQUEST, "bad_cursor", "BAD_CURSOR", &msg);
+                }
+                Err(CursorProblem::Unavailable(msg)) => {
+                    return reject(
+                        m,
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "unavailable",
+                        "UNAVAILABLE",
+                        &msg,
+                    );
                 }
             },
         };
@@ -213,11 +238,13 @@ impl Gateway {
             match hyper::upgrade::on(req).await {
                 Ok(upgraded) => {
                     // Small buffers: the defaults (128 KiB each way) cost ~140 KiB per idle
-                    // connection; client frames are tiny and each server frame is flushed.
+                    // connection; client frames are small and each server frame is flushed.
                     let cfg = WebSocketConfig::default()
                         .max_message_size(Some(gw.settings.max_client_frame_bytes))
                         .max_frame_size(Some(gw.settings.max_client_frame_bytes))
-                        .read_buffer_size(4096)
+                        // Twice the frame limit, so an oversized frame is usually read whole
+                        // and the client gets FRAME_TOO_LARGE and 4008 rather than a reset.
+                        .read_buffer_size(gw.settings.max_client_frame_bytes.max(4096) * 2)
                         .write_buffer_size(0)
                         .max_write_buffer_size(16 * 1024 * 1024);
                     let ws = WebSocketStream::from_raw_socket(
@@ -243,21 +270,24 @@ impl Gateway {
     /// A cursor must parse and may only name partitions that have a stream, at positions not
     /// beyond what the stream holds in Redis (when the epoch is the same). Redis is asked, not
     /// this replica's view: another replica may have read further.
-    async fn check_cursor(&self, s: &str) -> Result<Cursor, String> {
-        let c = Cursor::decode(s).map_err(|e| e.to_string())?;
+    async fn check_cursor(&self, s: &str) -> Result<Cursor, CursorProblem> {
+        let c = Cursor::decode(s).map_err(|e| CursorProblem::Bad(e.to_string()))?;
         let from: Vec<(i32, EntryId)> = c.parts.keys().map(|p| (*p, EntryId::ZERO)).collect();
-        let reads = self
-            .streams
-            .read(&from, 0)
-            .await
-            .map_err(|e| format!("cannot check the cursor now: {e}"))?;
+        let reads =
+            self.streams.read(&from, 0).await.map_err(|e| {
+                CursorProblem::Unavailable(format!("cannot check the cursor now: {e}"))
+            })?;
         for ((p, pos), r) in c.parts.iter().zip(reads) {
             match r.epoch {
-                None => return Err(format!("bad cursor: partition {p} has no stream")),
+                None => {
+                    return Err(CursorProblem::Bad(format!(
+                        "bad cursor: partition {p} has no stream"
+                    )))
+                }
                 Some(epoch) if epoch == pos.epoch && pos.last > r.last => {
-                    return Err(format!(
+                    return Err(CursorProblem::Bad(format!(
                         "bad cursor: partition {p} position is beyond the stream"
-                    ))
+                    )))
                 }
                 Some(_) => {}
             }
@@ -283,6 +313,7 @@ impl Gateway {
             server: self.settings.server_id.clone(),
             max_frame_events: self.settings.max_frame_events.max(1),
             history_page: self.settings.history_page.max(1),
+            drain: self.drain.clone(),
         };
         let mut writer = tokio::spawn(write_loop(sink, out_rx, m.clone(), self.settings.clone()));
         let mut reader = tokio::spawn(read_loop(
@@ -292,7 +323,7 @@ impl Gateway {
             self.settings.clone(),
             params.format,
         ));
-        let feeder = tokio::spawn(session.run(params.start, self.drain.clone()));
+        let feeder = tokio::spawn(session.run(params.start));
         // The writer ends the connection (after a close frame, an error or a send timeout);
         // the reader ends it when the client leaves; the feeder only ends by asking the writer
         // to close, so the writer is what everything waits for.

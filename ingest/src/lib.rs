@@ -55,9 +55,31 @@ pub async fn run(
     let options = Arc::new(settings.options.clone());
     let keys = StreamKeys::new(&settings.redis.key_prefix, &settings.topic);
 
+    // The operations endpoints answer from the start: /healthz 200, /readyz 503 with reasons.
+    let consumer_cell: Arc<std::sync::OnceLock<Arc<BaseConsumer<IngestContext>>>> =
+        Arc::new(std::sync::OnceLock::new());
+    let ops = Arc::new(OpsState {
+        registry,
+        readiness: health.clone(),
+        before_gather: Some({
+            let (cell, metrics) = (consumer_cell.clone(), metrics.clone());
+            Arc::new(move || {
+                if let Some(c) = cell.get() {
+                    lag::update_staleness(c.context(), &metrics)
+                }
+            })
+        }),
+        fallback: None,
+    });
+    let http_stop = CancellationToken::new();
+    let http = tokio::spawn(dashstream::http::serve(listener, ops, http_stop.clone()));
+
     // Redis: one multiplexed, self-reconnecting connection shared by all partition workers.
     let redis = tokio::select! {
-        _ = shutdown.cancelled() => return Ok(()),
+        _ = shutdown.cancelled() => {
+            http_stop.cancel();
+            return Ok(());
+        }
         c = connect_redis(&settings, &health, &metrics) => c,
     };
     let redis_ping = tokio::spawn(ping_redis(
@@ -147,17 +169,7 @@ pub async fn run(
     let consumer = Arc::new(consumer);
     tracing::info!(topic = %settings.topic, group = %settings.group_id, "ingest started");
 
-    let ops = Arc::new(OpsState {
-        registry,
-        readiness: health.clone(),
-        before_gather: Some({
-            let (consumer, metrics) = (consumer.clone(), metrics.clone());
-            Arc::new(move || lag::update_staleness(consumer.context(), &metrics))
-        }),
-        fallback: None,
-    });
-    let http_stop = CancellationToken::new();
-    let http = tokio::spawn(dashstream::http::serve(listener, ops, http_stop.clone()));
+    let _ = consumer_cell.set(consumer.clone());
 
     let lag_thread = {
         let monitor = lag::LagMonitor {
