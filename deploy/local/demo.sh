@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # deploy/local/demo.sh — brings the system up on this machine with a synthetic producer:
 # installs what is missing, builds, starts Kafka and Redis, provisions the topics, starts two
-# ingest processes in one consumer group and a producer, and prints where to look.
+# ingest processes in one consumer group, a gateway and a producer, and prints where to look.
 # Ctrl-C stops everything it started.
 #
 # Settings (environment): DEMO_RATE (events/s, default 200), DEMO_PARTITIONS (default 12),
@@ -18,7 +18,7 @@ TOPIC="${KAFKA_TOPIC:-dashstream-events}"
 ensure_apt_packages build-essential pkg-config libssl-dev zlib1g-dev cmake python3 curl
 command -v cargo >/dev/null || die "cargo is not installed (Rust 1.85+ is required)"
 log "building (release; the first build compiles librdkafka and takes a few minutes)"
-cargo build --release --locked -p dashstream -p dashstream-ingest
+cargo build --release --locked -p dashstream -p dashstream-ingest -p dashstream-gateway
 BIN=target/release
 
 started_services=0
@@ -52,6 +52,10 @@ for i in 1 2; do
     "$BIN/ingest" >"$logdir/ingest-$i.log" 2>&1 &
   pids+=("$!")
 done
+gw_port="$(free_port)"
+GATEWAY_LISTEN="127.0.0.1:$gw_port" GATEWAY_REPLICA_ID=gateway-1 \
+  "$BIN/gateway" >"$logdir/gateway-1.log" 2>&1 &
+pids+=("$!")
 "$BIN/dashstream" produce --rate "$RATE" --threads 50 >"$logdir/producer.log" 2>&1 &
 pids+=("$!")
 
@@ -62,6 +66,8 @@ DashStream demo is running (topic $TOPIC, $PARTITIONS partitions, $RATE events/s
   Redis:            $REDIS_URL   (streams dashstream:$TOPIC:<partition>)
   ingest metrics:   http://127.0.0.1:${ports[0]}/metrics   http://127.0.0.1:${ports[1]}/metrics
   ingest readiness: http://127.0.0.1:${ports[0]}/readyz    http://127.0.0.1:${ports[1]}/readyz
+  WebSocket:        ws://127.0.0.1:$gw_port/ws?from=latest   (format=protobuf, tenant=, thread=, type= filters)
+  gateway metrics:  http://127.0.0.1:$gw_port/metrics   readiness: http://127.0.0.1:$gw_port/readyz
   watch a stream:   redis-cli -u $REDIS_URL XREVRANGE dashstream:$TOPIC:0 + - COUNT 3
   logs:             $logdir
 Press Ctrl-C to stop.
