@@ -22,5 +22,13 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/dashstream.v1.rs"));
 }
 
+/// Wall-clock microseconds since the Unix epoch (the unit of `Header.timestamp_us`).
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
 /// The topic every component uses unless `KAFKA_TOPIC` says otherwise.
 pub const DEFAULT_TOPIC: &str = "dashstream-events";

@@ -8,7 +8,7 @@ use crate::proto::{envelope::Body, Envelope, Event, EventBatch, Header};
 use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// A kind of invalid record the producer can inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -138,13 +138,6 @@ pub fn producer(conn: &KafkaConnection) -> Result<FutureProducer, KafkaError> {
         .create()
 }
 
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
-
 /// Generates events and fault records.
 pub struct Generator {
     opts: ProduceOptions,
@@ -179,7 +172,7 @@ impl Generator {
         Event {
             header: Some(Header {
                 message_id: uuid::Uuid::new_v4().as_bytes().to_vec().into(),
-                timestamp_us: now_us(),
+                timestamp_us: crate::now_us(),
                 tenant_id: format!("tenant-{}", t % self.opts.tenants.max(1)),
                 thread_id: self.thread_id(t),
                 sequence: seq,
@@ -262,7 +255,7 @@ impl Generator {
         Event {
             header: Some(Header {
                 message_id: uuid::Uuid::new_v4().as_bytes().to_vec().into(),
-                timestamp_us: now_us(),
+                timestamp_us: crate::now_us(),
                 tenant_id: "tenant-0".into(),
                 thread_id: self.thread_id(0),
                 sequence: 0,

@@ -68,6 +68,13 @@ pub fn unique(base: &str) -> String {
     )
 }
 
+/// Runs a test body with a deadline, panicking when it is exceeded.
+pub async fn deadline<F: Future<Output = ()>>(secs: u64, f: F) {
+    tokio::time::timeout(Duration::from_secs(secs), f)
+        .await
+        .unwrap_or_else(|_| panic!("test exceeded its {secs}s deadline"));
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -13,7 +13,7 @@ use dashstream::seq::{SeqOutcome, SequenceTracker};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -114,13 +114,6 @@ pub struct TailOptions {
     pub block: Duration,
     pub discover_every: Duration,
     pub sequence_capacity: usize,
-}
-
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 /// Runs the tail loop until `stop`.
@@ -322,7 +315,7 @@ fn publish(live: &Live, metrics: &Metrics, seq: &mut SequenceTracker, p: i32, re
     if newest_ingest_us > 0 {
         metrics
             .tail_delay
-            .set(((now_us() - newest_ingest_us).max(0)) as f64 / 1e6);
+            .set(((dashstream::now_us() - newest_ingest_us).max(0)) as f64 / 1e6);
     }
     live.tops.write().expect("tops lock").insert(
         p,

@@ -9,7 +9,7 @@ use crate::metrics::Metrics;
 use crate::reader::{Live, LiveItem};
 use crate::streams::Streams;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -52,13 +52,6 @@ enum Stop {
     /// The client is gone (its writer dropped the queue).
     Gone,
     Draining,
-}
-
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 impl Session {
@@ -386,7 +379,7 @@ fn trimmed_after(last: EntryId, first: Option<EntryId>, newest: EntryId) -> bool
 
 /// Records producer-to-send latency for the events of a frame just written.
 pub fn observe_sent(metrics: &Metrics, stamps: &[i64]) {
-    let now = now_us();
+    let now = dashstream::now_us();
     for ts in stamps {
         let age = now - ts;
         if age < 0 {

@@ -16,7 +16,7 @@ use prost::Message as _;
 use rdkafka::message::{Message, OwnedMessage};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Asks Kafka for the partition's (low, high) watermarks.
@@ -47,13 +47,6 @@ struct Counts {
 enum Flow {
     Continue,
     Stop,
-}
-
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 /// Exponential backoff from 100 ms to 5 s.
@@ -191,7 +184,7 @@ impl Worker {
             let started = std::time::Instant::now();
             match self
                 .store
-                .write(&self.owner, &entries, last + 1, now_us())
+                .write(&self.owner, &entries, last + 1, dashstream::now_us())
                 .await
             {
                 Ok(WriteOutcome::Ok {
@@ -301,7 +294,7 @@ impl Worker {
         if counts.written_events == 0 {
             return;
         }
-        let now = now_us();
+        let now = dashstream::now_us();
         let mut seq = self.sequences.lock().expect("sequence lock");
         for e in events {
             let Some(h) = &e.header else { continue };

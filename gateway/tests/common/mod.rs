@@ -17,13 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-pub use dashstream::testkit::{unique, wait_for, RedisServer};
-
-pub async fn deadline<F: std::future::Future<Output = ()>>(secs: u64, f: F) {
-    tokio::time::timeout(Duration::from_secs(secs), f)
-        .await
-        .unwrap_or_else(|_| panic!("test exceeded its {secs}s deadline"));
-}
+pub use dashstream::testkit::{deadline, unique, wait_for, RedisServer};
 
 /// A service running in this process.
 pub struct Running {
@@ -400,12 +394,7 @@ pub struct Received {
     pub latencies_us: Vec<i64>,
 }
 
-pub fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as i64
-}
+pub use dashstream::now_us;
 
 /// The p-th percentile (0..=100) of `v`.
 pub fn percentile(v: &[i64], p: f64) -> i64 {

@@ -15,14 +15,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-pub use dashstream::testkit::{unique, wait_for, RedisServer};
-
-/// Runs a test body with a deadline.
-pub async fn deadline<F: std::future::Future<Output = ()>>(secs: u64, f: F) {
-    tokio::time::timeout(Duration::from_secs(secs), f)
-        .await
-        .unwrap_or_else(|_| panic!("test exceeded its {secs}s deadline"));
-}
+pub use dashstream::testkit::{deadline, unique, wait_for, RedisServer};
 
 /// One test's isolated names on the shared services.
 #[derive(Clone)]
