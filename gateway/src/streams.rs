@@ -196,19 +196,6 @@ impl Streams {
             .await?;
         Ok(())
     }
-
-    pub async fn ping(&self) -> Result<(), ReadError> {
-        let mut c = self.conn.clone();
-        let cmd = redis::cmd("PING");
-        let _: String = self
-            .timed(
-                "ping",
-                self.timeout.min(Duration::from_secs(2)),
-                cmd.query_async(&mut c),
-            )
-            .await?;
-        Ok(())
-    }
 }
 
 fn text(v: &Value) -> Option<String> {
