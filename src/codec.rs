@@ -257,6 +257,49 @@ pub fn encode_record(envelope: &Envelope, compress: bool) -> Vec<u8> {
     }
 }
 
+/// The JSON object of one event, as clients see it (docs/PROTOCOL.md §2): its position
+/// (partition, offset, 1-based index within the record), its header fields, and its payload,
+/// embedded as JSON when the content type says JSON and it parses, else as `payload_b64`.
+pub fn event_json(partition: i32, offset: i64, index: u32, e: &Event) -> Vec<u8> {
+    let h = e.header.clone().unwrap_or_default();
+    let mut obj = serde_json::Map::new();
+    obj.insert("partition".into(), partition.into());
+    obj.insert("offset".into(), offset.into());
+    obj.insert("index".into(), index.into());
+    obj.insert("message_id".into(), hex::encode(&h.message_id).into());
+    obj.insert("tenant".into(), h.tenant_id.into());
+    obj.insert("thread".into(), h.thread_id.into());
+    obj.insert("sequence".into(), h.sequence.into());
+    obj.insert("event_type".into(), h.event_type.into());
+    obj.insert("timestamp_us".into(), h.timestamp_us.into());
+    obj.insert("content_type".into(), e.content_type.clone().into());
+    let json_payload = e
+        .content_type
+        .contains("json")
+        .then(|| serde_json::from_slice::<&serde_json::value::RawValue>(&e.payload).ok())
+        .flatten();
+    let mut json = serde_json::to_vec(&obj).expect("JSON of a map");
+    json.pop(); // reopen the object to append the payload as is
+    match json_payload {
+        Some(raw) => {
+            json.extend_from_slice(b",\"payload\":");
+            json.extend_from_slice(raw.get().as_bytes());
+        }
+        None => {
+            use base64::Engine;
+            json.extend_from_slice(b",\"payload_b64\":\"");
+            json.extend_from_slice(
+                base64::engine::general_purpose::STANDARD
+                    .encode(&e.payload)
+                    .as_bytes(),
+            );
+            json.push(b'"');
+        }
+    }
+    json.push(b'}');
+    json
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,7 @@ pub mod provision;
 pub mod redis_config;
 pub mod seq;
 pub mod shutdown;
+pub mod tail;
 pub mod telemetry;
 pub mod testkit;
 

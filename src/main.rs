@@ -25,6 +25,85 @@ enum Command {
     Provision(ProvisionArgs),
     /// Produce synthetic events, optionally with injected invalid records.
     Produce(ProduceArgs),
+    /// Print events as JSON lines, from Kafka, Redis or a gateway WebSocket.
+    Tail(TailArgs),
+}
+
+#[derive(Args, Debug)]
+struct TailArgs {
+    #[command(subcommand)]
+    source: TailSource,
+    /// Stop after this many events.
+    #[arg(long, global = true)]
+    count: Option<u64>,
+    /// Stop after this many seconds without an event.
+    #[arg(long, global = true)]
+    idle_secs: Option<u64>,
+}
+
+#[derive(Subcommand, Debug)]
+enum TailSource {
+    /// From the Kafka topic. Commits nothing and joins no group unless --group/--commit.
+    Kafka {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        #[command(flatten)]
+        topic: TopicArgs,
+        /// earliest | latest
+        #[arg(long, default_value = "latest")]
+        from: String,
+        /// Join this consumer group (default: no group; partitions are assigned directly).
+        #[arg(long)]
+        group: Option<String>,
+        /// Commit the offsets of printed records (needs --group).
+        #[arg(long)]
+        commit: bool,
+    },
+    /// From the Redis partition streams.
+    Redis {
+        #[command(flatten)]
+        redis: dashstream::redis_config::RedisArgs,
+        #[arg(long = "kafka-topic", env = "KAFKA_TOPIC", default_value = dashstream::DEFAULT_TOPIC)]
+        topic: String,
+        /// Only these partitions (comma-separated; default all).
+        #[arg(long, value_delimiter = ',')]
+        partition: Vec<i32>,
+        /// earliest | latest
+        #[arg(long, default_value = "latest")]
+        from: String,
+    },
+    /// From a gateway WebSocket, resuming with the cursor after disconnects.
+    Ws {
+        /// e.g. ws://127.0.0.1:8080/ws
+        #[arg(
+            long,
+            env = "DASHSTREAM_WS_URL",
+            default_value = "ws://127.0.0.1:8080/ws"
+        )]
+        url: String,
+        /// latest | earliest | a cursor
+        #[arg(long, default_value = "latest")]
+        from: String,
+        /// Extra query parameters, e.g. "tenant=a&type=token".
+        #[arg(long, default_value = "")]
+        query: String,
+    },
+}
+
+fn tail_from(s: &str) -> dashstream::tail::From {
+    match s {
+        "earliest" => dashstream::tail::From::Earliest,
+        "latest" => dashstream::tail::From::Latest,
+        other => {
+            let mut e = ConfigErrors::default();
+            e.push(dashstream::config::ConfigError::new(
+                "-",
+                "from",
+                format!("{other:?} is not earliest or latest"),
+            ));
+            exit_config(&e)
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -105,7 +184,63 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Provision(a) => provision(a).await,
         Command::Produce(a) => produce(a).await,
+        Command::Tail(a) => tail(a).await,
     }
+}
+
+async fn tail(a: TailArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    let stop = dashstream::tail::Stop {
+        count: a.count,
+        idle: a.idle_secs.map(Duration::from_secs),
+    };
+    let stdout = std::io::stdout();
+    let mut out = move |line: String| {
+        let mut lock = stdout.lock();
+        let _ = writeln!(lock, "{line}");
+    };
+    match a.source {
+        TailSource::Kafka {
+            kafka,
+            topic,
+            from,
+            group,
+            commit,
+        } => {
+            let conn = connection(&kafka, &topic);
+            let t = dashstream::tail::KafkaTail {
+                topic: topic.topic.clone(),
+                from: tail_from(&from),
+                group,
+                commit,
+                limits: dashstream::codec::Limits::default(),
+            };
+            dashstream::tail::kafka(&conn, &t, stop, &mut out).await?;
+        }
+        TailSource::Redis {
+            redis,
+            topic,
+            partition,
+            from,
+        } => {
+            let settings = redis.validate().unwrap_or_else(|e| exit_config(&e));
+            let keys = dashstream::keys::StreamKeys::new(&settings.key_prefix, &topic);
+            let parts = (!partition.is_empty()).then_some(partition);
+            dashstream::tail::redis(
+                &settings.client,
+                &keys,
+                parts,
+                tail_from(&from),
+                stop,
+                &mut out,
+            )
+            .await?;
+        }
+        TailSource::Ws { url, from, query } => {
+            dashstream::tail::ws(&url, &from, &query, stop, &mut out).await?;
+        }
+    }
+    Ok(())
 }
 
 async fn provision(a: ProvisionArgs) -> anyhow::Result<()> {

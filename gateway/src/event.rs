@@ -32,41 +32,7 @@ impl LiveEvent {
     ) -> Result<Self, prost::DecodeError> {
         let e = Event::decode(event.clone())?;
         let h = e.header.clone().unwrap_or_default();
-        let mut obj = serde_json::Map::new();
-        obj.insert("partition".into(), partition.into());
-        obj.insert("offset".into(), id.offset.into());
-        obj.insert("index".into(), id.n.into());
-        obj.insert("message_id".into(), hex::encode(&h.message_id).into());
-        obj.insert("tenant".into(), h.tenant_id.clone().into());
-        obj.insert("thread".into(), h.thread_id.clone().into());
-        obj.insert("sequence".into(), h.sequence.into());
-        obj.insert("event_type".into(), h.event_type.clone().into());
-        obj.insert("timestamp_us".into(), h.timestamp_us.into());
-        obj.insert("content_type".into(), e.content_type.clone().into());
-        let json_payload = e
-            .content_type
-            .contains("json")
-            .then(|| serde_json::from_slice::<&serde_json::value::RawValue>(&e.payload).ok())
-            .flatten();
-        let mut json = serde_json::to_vec(&obj).expect("JSON of a map");
-        json.pop(); // reopen the object to append the payload as is
-        match json_payload {
-            Some(raw) => {
-                json.extend_from_slice(b",\"payload\":");
-                json.extend_from_slice(raw.get().as_bytes());
-            }
-            None => {
-                use base64::Engine;
-                json.extend_from_slice(b",\"payload_b64\":\"");
-                json.extend_from_slice(
-                    base64::engine::general_purpose::STANDARD
-                        .encode(&e.payload)
-                        .as_bytes(),
-                );
-                json.push(b'"');
-            }
-        }
-        json.push(b'}');
+        let json = dashstream::codec::event_json(partition, id.offset, id.n, &e);
         let proto = StreamEvent {
             partition,
             offset: id.offset,

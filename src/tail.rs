@@ -1,0 +1,315 @@
+//! `dashstream tail`: print events as JSON lines (the objects of docs/PROTOCOL.md §2) from
+//! Kafka, from the Redis streams, or from a gateway WebSocket. Tailing Kafka mutates nothing by
+//! default: partitions are assigned (no group membership) under a throwaway group id and no
+//! offset is committed; `--group` joins a named group and `--commit` commits what was printed.
+
+use crate::codec::{decode_record, event_json, Limits};
+use crate::kafka::KafkaConnection;
+use crate::keys::{parse_entry_id, StreamKeys};
+use crate::proto::Event;
+use futures::{SinkExt, StreamExt};
+use prost::Message as _;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use std::time::Duration;
+
+/// When a tail stops: after `count` events, or after `idle` without one (both optional).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stop {
+    pub count: Option<u64>,
+    pub idle: Option<Duration>,
+}
+
+impl Stop {
+    fn done(&self, n: u64) -> bool {
+        self.count.is_some_and(|c| n >= c)
+    }
+    /// How long to wait for the next event (a long time when no idle limit is set).
+    fn wait(&self) -> Duration {
+        self.idle.unwrap_or(Duration::from_secs(3600 * 24 * 365))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum From {
+    Earliest,
+    Latest,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TailError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("websocket: {0}")]
+    Ws(String),
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// Options of a Kafka tail.
+#[derive(Debug, Clone)]
+pub struct KafkaTail {
+    pub topic: String,
+    pub from: From,
+    /// Join this consumer group (default: assign partitions under a throwaway group id).
+    pub group: Option<String>,
+    /// Commit the offsets of printed records (needs `group`).
+    pub commit: bool,
+    pub limits: Limits,
+}
+
+/// Tails the topic; returns the number of events printed.
+pub async fn kafka(
+    conn: &KafkaConnection,
+    t: &KafkaTail,
+    stop: Stop,
+    out: &mut (dyn FnMut(String) + Send),
+) -> Result<u64, TailError> {
+    if t.commit && t.group.is_none() {
+        return Err(TailError::Usage("--commit needs --group".into()));
+    }
+    let group = t
+        .group
+        .clone()
+        .unwrap_or_else(|| format!("dashstream-tail-{}", uuid::Uuid::new_v4()));
+    let reset = match t.from {
+        From::Earliest => "earliest",
+        From::Latest => "latest",
+    };
+    let consumer: StreamConsumer = conn
+        .client_config()
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", reset)
+        .create()?;
+    if t.group.is_some() {
+        consumer.subscribe(&[&t.topic])?;
+    } else {
+        let md = consumer.fetch_metadata(Some(&t.topic), Duration::from_secs(10))?;
+        let mut tpl = TopicPartitionList::new();
+        let start = match t.from {
+            From::Earliest => Offset::Beginning,
+            From::Latest => Offset::End,
+        };
+        for topic in md.topics() {
+            for p in topic.partitions() {
+                tpl.add_partition_offset(&t.topic, p.id(), start)?;
+            }
+        }
+        consumer.assign(&tpl)?;
+    }
+    let mut n = 0;
+    while !stop.done(n) {
+        let m = match tokio::time::timeout(stop.wait(), consumer.recv()).await {
+            Err(_) => break,
+            Ok(m) => m?,
+        };
+        match decode_record(m.payload().unwrap_or_default(), &t.limits) {
+            Ok(events) => {
+                for (i, e) in events.iter().enumerate() {
+                    out(String::from_utf8_lossy(&event_json(m.partition(), m.offset(), i as u32 + 1, e)).into_owned());
+                    n += 1;
+                }
+            }
+            Err(e) => out(
+                serde_json::json!({"partition": m.partition(), "offset": m.offset(), "invalid": e.reason.as_str(), "error": e.detail})
+                    .to_string(),
+            ),
+        }
+        if t.commit {
+            consumer.commit_message(&m, CommitMode::Async)?;
+        }
+    }
+    if t.commit {
+        let _ = consumer.commit_consumer_state(CommitMode::Sync);
+    }
+    Ok(n)
+}
+
+/// Tails the partition streams of `topic` in Redis (all partitions unless given).
+pub async fn redis(
+    client: &redis::Client,
+    keys: &StreamKeys,
+    partitions: Option<Vec<i32>>,
+    from: From,
+    stop: Stop,
+    out: &mut (dyn FnMut(String) + Send),
+) -> Result<u64, TailError> {
+    let mut c = client.get_multiplexed_async_connection().await?;
+    let parts: Vec<i32> = match partitions {
+        Some(p) => p,
+        None => {
+            let mut v: Vec<i32> = redis::cmd("SMEMBERS")
+                .arg(keys.partitions())
+                .query_async(&mut c)
+                .await?;
+            v.sort();
+            v
+        }
+    };
+    if parts.is_empty() {
+        return Err(TailError::Usage(
+            "no partition streams found (is the ingest running?)".into(),
+        ));
+    }
+    let mut ids: Vec<String> = Vec::new();
+    for p in &parts {
+        let id = match from {
+            From::Earliest => "0-0".to_string(),
+            From::Latest => {
+                let r: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+                    .arg(keys.stream(*p))
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1)
+                    .query_async(&mut c)
+                    .await?;
+                r.ids.first().map_or("0-0".to_string(), |e| e.id.clone())
+            }
+        };
+        ids.push(id);
+    }
+    let mut n = 0;
+    let block = stop.wait().min(Duration::from_secs(5));
+    let started = tokio::time::Instant::now();
+    let mut last_event = started;
+    while !stop.done(n) {
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT")
+            .arg(1000)
+            .arg("BLOCK")
+            .arg(block.as_millis() as u64)
+            .arg("STREAMS");
+        for p in &parts {
+            cmd.arg(keys.stream(*p));
+        }
+        for id in &ids {
+            cmd.arg(id);
+        }
+        let reply: Option<redis::streams::StreamReadReply> = cmd.query_async(&mut c).await?;
+        let mut got = false;
+        for k in reply.map(|r| r.keys).unwrap_or_default() {
+            let Some(i) = parts.iter().position(|p| keys.stream(*p) == k.key) else {
+                continue;
+            };
+            for e in k.ids {
+                ids[i] = e.id.clone();
+                let Some((offset, index)) = parse_entry_id(&e.id) else {
+                    continue;
+                };
+                let Some(redis::Value::BulkString(b)) = e.map.get("ev") else {
+                    continue;
+                };
+                if let Ok(ev) = Event::decode(b.as_slice()) {
+                    out(String::from_utf8_lossy(&event_json(
+                        parts[i],
+                        offset,
+                        index as u32 + 1,
+                        &ev,
+                    ))
+                    .into_owned());
+                    n += 1;
+                    got = true;
+                    if stop.done(n) {
+                        return Ok(n);
+                    }
+                }
+            }
+        }
+        if got {
+            last_event = tokio::time::Instant::now();
+        } else if stop.idle.is_some_and(|idle| last_event.elapsed() >= idle) {
+            break;
+        }
+    }
+    Ok(n)
+}
+
+/// Tails a gateway WebSocket (`url` like ws://host:port/ws, `query` extra parameters such as
+/// `tenant=a`), resuming with the last cursor after a disconnect or a `reconnect` frame.
+/// Prints each event, and each `gap` frame, as one JSON line.
+pub async fn ws(
+    url: &str,
+    from: &str,
+    query: &str,
+    stop: Stop,
+    out: &mut (dyn FnMut(String) + Send),
+) -> Result<u64, TailError> {
+    let mut cursor = from.to_string();
+    let mut n = 0;
+    let mut failures = 0;
+    while !stop.done(n) {
+        let sep = if query.is_empty() { "" } else { "&" };
+        let full = format!("{url}?from={cursor}{sep}{query}");
+        let mut ws = match tokio_tungstenite::connect_async(&full).await {
+            Ok((ws, _)) => {
+                failures = 0;
+                ws
+            }
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp))
+                if resp.status().as_u16() == 400 =>
+            {
+                let body = resp
+                    .body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default();
+                return Err(TailError::Ws(format!("refused: {body}")));
+            }
+            Err(e) => {
+                failures += 1;
+                if failures > 30 {
+                    return Err(TailError::Ws(e.to_string()));
+                }
+                tokio::time::sleep(Duration::from_millis(200 * failures.min(10))).await;
+                continue;
+            }
+        };
+        loop {
+            let msg = match tokio::time::timeout(stop.wait(), ws.next()).await {
+                Err(_) => return Ok(n),
+                Ok(None) | Ok(Some(Err(_))) => break,
+                Ok(Some(Ok(m))) => m,
+            };
+            let text = match msg {
+                tokio_tungstenite::tungstenite::Message::Text(t) => t,
+                tokio_tungstenite::tungstenite::Message::Close(_) => break,
+                _ => continue,
+            };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(text.as_str()) else {
+                continue;
+            };
+            if let Some(c) = v["cursor"].as_str() {
+                cursor = c.to_string();
+            }
+            match v["type"].as_str() {
+                Some("events") => {
+                    for e in v["events"]
+                        .as_array()
+                        .map(Vec::as_slice)
+                        .unwrap_or_default()
+                    {
+                        out(e.to_string());
+                        n += 1;
+                    }
+                    if stop.done(n) {
+                        let _ = ws.close(None).await;
+                        return Ok(n);
+                    }
+                }
+                Some("gap") | Some("error") => out(v.to_string()),
+                Some("reconnect") => break,
+                _ => {}
+            }
+        }
+        let _ = ws
+            .send(tokio_tungstenite::tungstenite::Message::Close(None))
+            .await;
+    }
+    Ok(n)
+}
