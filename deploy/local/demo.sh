@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # deploy/local/demo.sh — brings the system up on this machine with a synthetic producer:
 # installs what is missing, builds, starts Kafka and Redis, provisions the topics, starts two
-# ingest processes in one consumer group, a gateway and a producer, and prints where to look.
+# ingest processes in one consumer group, three gateways behind an nginx load balancer and a
+# producer, and prints where to look (the live viewer, the WebSocket URL, the metrics).
 # Ctrl-C stops everything it started.
 #
 # Settings (environment): DEMO_RATE (events/s, default 200), DEMO_PARTITIONS (default 12),
@@ -36,6 +37,7 @@ cleanup() {
   log "stopping the demo"
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if ((${started_lb:-0})); then deploy/local/lb.sh stop || true; fi
   if ((started_services)); then deploy/local/services.sh down >/dev/null 2>&1 || true; fi
   log "stopped"
 }
@@ -52,10 +54,17 @@ for i in 1 2; do
     "$BIN/ingest" >"$logdir/ingest-$i.log" 2>&1 &
   pids+=("$!")
 done
-gw_port="$(free_port)"
-GATEWAY_LISTEN="127.0.0.1:$gw_port" GATEWAY_REPLICA_ID=gateway-1 \
-  "$BIN/gateway" >"$logdir/gateway-1.log" 2>&1 &
-pids+=("$!")
+gw_ports=()
+for i in 1 2 3; do
+  port="$(free_port)"
+  gw_ports+=("$port")
+  GATEWAY_LISTEN="127.0.0.1:$port" GATEWAY_REPLICA_ID="gateway-$i" GATEWAY_TRUSTED_PROXIES=127.0.0.1 \
+    "$BIN/gateway" >"$logdir/gateway-$i.log" 2>&1 &
+  pids+=("$!")
+done
+lb_port="$(free_port)"
+deploy/local/lb.sh start "$lb_port" "${gw_ports[@]/#/127.0.0.1:}"
+started_lb=1
 "$BIN/dashstream" produce --rate "$RATE" --threads 50 >"$logdir/producer.log" 2>&1 &
 pids+=("$!")
 
@@ -66,8 +75,9 @@ DashStream demo is running (topic $TOPIC, $PARTITIONS partitions, $RATE events/s
   Redis:            $REDIS_URL   (streams dashstream:$TOPIC:<partition>)
   ingest metrics:   http://127.0.0.1:${ports[0]}/metrics   http://127.0.0.1:${ports[1]}/metrics
   ingest readiness: http://127.0.0.1:${ports[0]}/readyz    http://127.0.0.1:${ports[1]}/readyz
-  WebSocket:        ws://127.0.0.1:$gw_port/ws?from=latest   (format=protobuf, tenant=, thread=, type= filters)
-  gateway metrics:  http://127.0.0.1:$gw_port/metrics   readiness: http://127.0.0.1:$gw_port/readyz
+  live viewer:      http://127.0.0.1:$lb_port/            (through the load balancer)
+  WebSocket:        ws://127.0.0.1:$lb_port/ws?from=latest   (format=protobuf, tenant=, thread=, type= filters)
+  gateway metrics:  $(for p in "${gw_ports[@]}"; do printf 'http://127.0.0.1:%s/metrics  ' "$p"; done)
   watch a stream:   redis-cli -u $REDIS_URL XREVRANGE dashstream:$TOPIC:0 + - COUNT 3
   logs:             $logdir
 Press Ctrl-C to stop.

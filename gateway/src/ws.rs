@@ -83,6 +83,17 @@ fn reject(
         .expect("valid response")
 }
 
+/// The live viewer page (static; no build step).
+fn viewer() -> Response<Full<Bytes>> {
+    Response::builder()
+        .header("content-type", "text/html; charset=utf-8")
+        .header("cache-control", "no-cache")
+        .body(Full::new(Bytes::from_static(include_bytes!(
+            "../static/index.html"
+        ))))
+        .expect("valid response")
+}
+
 fn parse_params(query: &str) -> Result<(Option<String>, Format, Filter), (&'static str, String)> {
     let mut from = None;
     let mut format = Format::Json;
@@ -132,8 +143,10 @@ impl Gateway {
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<Full<Bytes>> {
-        if req.uri().path() != "/ws" {
-            return dashstream::http::text(StatusCode::NOT_FOUND, "not found\n");
+        match req.uri().path() {
+            "/ws" => {}
+            "/" | "/index.html" => return viewer(),
+            _ => return dashstream::http::text(StatusCode::NOT_FOUND, "not found\n"),
         }
         let m = &self.metrics;
         if !self.live.started() {

@@ -18,6 +18,12 @@ async fn every_client_on_every_replica_gets_the_full_stream_in_both_formats() {
             sys.gateway("g3", &[]).await,
         ];
         let _ingest = sys.ingest(&[]).await;
+        // Every replica serves the live viewer page at `/`.
+        let (status, page) = dashstream::testkit::http_get(&gws[0].addr, "/")
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+        assert!(page.contains("new WebSocket(") && page.contains("DashStream live viewer"));
 
         let mut clients = Vec::new();
         for i in 0..30 {
