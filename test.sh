@@ -3,7 +3,8 @@
 #   1. installs what is missing (build tools and libraries from Debian; Redis and Apache Kafka
 #      come with deploy/local/services.sh),
 #   2. starts Kafka and Redis on free local ports (or reuses the ones already running),
-#   3. checks formatting and lints, then runs the unit and integration tests,
+#   3. checks formatting and lints, then runs the unit and integration tests, and the live
+#      viewer's test in headless Chromium through an nginx load balancer,
 #   4. stops the services again if it started them.
 # Each integration test creates its own topic, consumer group and Redis key prefix, and has
 # its own deadline.
@@ -37,4 +38,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo test (unit and integration tests against the real Kafka and Redis)"
 # Integration test binaries run one after another; each test has its own deadline.
 cargo test --workspace --locked -- --test-threads=2
+log "browser test: the live viewer in headless Chromium, through the load balancer"
+tests/browser/run.sh
 log "all tests passed"
