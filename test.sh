@@ -3,7 +3,8 @@
 #   1. installs what is missing (build tools and libraries from Debian; Redis and Apache Kafka
 #      come with deploy/local/services.sh),
 #   2. starts Kafka and Redis on free local ports (or reuses the ones already running),
-#   3. checks formatting and lints, then runs the unit and integration tests, and the live
+#   3. checks the monitoring rules (promtool), formatting and lints, then runs the unit and
+#      integration tests (with the metrics contract and a real Prometheus scrape), and the live
 #      viewer's test in headless Chromium through an nginx load balancer,
 #   4. stops the services again if it started them.
 # Each integration test creates its own topic, consumer group and Redis key prefix, and has
@@ -31,6 +32,8 @@ source "$(deploy/local/services.sh path)"
 set +a
 log "Kafka at $KAFKA_BROKERS, Redis at $REDIS_URL"
 
+log "monitoring: promtool checks, alert rule unit tests, dashboard"
+monitoring/check.sh
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"

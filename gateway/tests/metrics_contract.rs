@@ -1,0 +1,295 @@
+//! The metrics contract, against the real ingest and gateway on the real Kafka and Redis, with
+//! traffic that includes a bad record, a slow client and a rejected connection:
+//! - every metric name used by the alert rules and the dashboard is emitted;
+//! - every label value comes from a bounded set (no thread, client, tenant or topic names);
+//! - counters only go up between two scrapes.
+//! And a real Prometheus (Debian's package) scrapes both tiers and loads the alert rules.
+
+mod common;
+use common::*;
+use dashstream::produce::Fault;
+use dashstream::testkit::{free_port, http_get, parse_metrics, Sample};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+const RULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../monitoring/alert_rules.yml");
+const DASHBOARD: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../monitoring/grafana/dashstream.json"
+);
+
+/// `dashstream_*` metric names mentioned in a file.
+fn names_used(path: &str) -> BTreeSet<String> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut out = BTreeSet::new();
+    let mut rest = text.as_str();
+    while let Some(i) = rest.find("dashstream_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        // Names in prose ("dashstream_ingest_*") and the job label are not metric names.
+        if name.starts_with("dashstream_ingest_") || name.starts_with("dashstream_gateway_") {
+            out.insert(name.trim_end_matches('_').to_string());
+        }
+        rest = &tail[end..];
+    }
+    out
+}
+
+/// The raw text and samples of one scrape.
+async fn scrape(addr: &str) -> (String, Vec<Sample>) {
+    let (status, body) = http_get(addr, "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    let samples = parse_metrics(&body);
+    (body, samples)
+}
+
+fn families(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| {
+            l.split_once(' ')
+                .map(|(n, t)| (n.to_string(), t.to_string()))
+        })
+        .collect()
+}
+
+fn series_key(s: &Sample) -> String {
+    let mut l: Vec<_> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    l.sort();
+    format!("{}{{{}}}", s.name, l.join(","))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_used_by_alerts_and_dashboard_exist_are_bounded_and_counters_only_rise() {
+    deadline(240, async {
+        let sys = System::new("contract", 2, None).await;
+        let ingest = sys.ingest(&[]).await;
+        let mut opts = sys.produce_options(400, None);
+        opts.faults = vec![Fault::Garbage]; // one bad record every 100
+        opts.fault_every = 100;
+        sys.produce(opts).await;
+        sys.wait_streams().await;
+        let gw = sys
+            .gateway("g1", &["--live-buffer=4", "--send-queue=2"])
+            .await;
+        let (_, before_ingest) = scrape(&ingest.addr).await;
+        let (_, before_gw) = scrape(&gw.addr).await;
+
+        // A rejected connection, a fast client and a slow one.
+        assert_eq!(
+            connect(&gw.addr, "from=garbage").await.err().unwrap().0,
+            400
+        );
+        let mut slow = connect(&gw.addr, "from=latest").await.unwrap();
+        let mut fast = connect(&gw.addr, "from=latest").await.unwrap();
+        let mut slow_rx = Received::default();
+        slow_rx.take(&slow.next(Duration::from_secs(5)).await.unwrap());
+        let mut opts = sys.produce_options(15_000, None);
+        opts.payload_bytes = 1_000;
+        let fast_task =
+            tokio::spawn(async move { while fast.next(Duration::from_secs(5)).await.is_some() {} });
+        let report = sys.produce(opts).await;
+        // Let the whole burst pass the live buffer before the slow client reads again.
+        wait_for(
+            "the gateway to read the burst",
+            Duration::from_secs(60),
+            || async {
+                let (_, s) = scrape(&gw.addr).await;
+                (dashstream::testkit::metric_sum(&s, "dashstream_gateway_tail_events_total", &[])
+                    >= 15_000.0)
+                    .then_some(())
+            },
+        )
+        .await;
+        read_until(
+            &mut slow,
+            &mut slow_rx,
+            &expected(&report.deliveries),
+            Duration::from_secs(120),
+        )
+        .await;
+        fast_task.await.unwrap();
+
+        let (ingest_text, after_ingest) = scrape(&ingest.addr).await;
+        let (gw_text, after_gw) = scrape(&gw.addr).await;
+        let mut emitted: BTreeSet<String> = families(&ingest_text).into_keys().collect();
+        emitted.extend(families(&gw_text).into_keys());
+        emitted.extend(after_ingest.iter().chain(&after_gw).map(|s| s.name.clone()));
+
+        // 1. Every name the alerts and the dashboard use is emitted.
+        let mut used = names_used(RULES);
+        used.extend(names_used(DASHBOARD));
+        assert!(used.len() > 20, "found the names: {used:?}");
+        let missing: Vec<_> = used.iter().filter(|n| !emitted.contains(*n)).collect();
+        assert!(
+            missing.is_empty(),
+            "used by alerts or the dashboard but not emitted: {missing:?}"
+        );
+
+        // 2. Labels come from bounded sets.
+        let allowed: BTreeSet<&str> = [
+            "partition",
+            "outcome",
+            "reason",
+            "system",
+            "kind",
+            "result",
+            "type",
+            "command",
+            "le",
+            "quantile",
+        ]
+        .into();
+        let mut values: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for s in after_ingest.iter().chain(&after_gw) {
+            for (k, v) in &s.labels {
+                assert!(
+                    allowed.contains(k.as_str()),
+                    "{}: unexpected label {k}",
+                    s.name
+                );
+                // Thread ids here are "<topic>-thread-N" and tenants "tenant-N".
+                assert!(
+                    !v.contains(&sys.topic) && !v.starts_with("tenant-"),
+                    "{}: unbounded label value {k}={v}",
+                    s.name
+                );
+                if k == "partition" {
+                    let p: i32 = v
+                        .parse()
+                        .unwrap_or_else(|_| panic!("{}: partition={v}", s.name));
+                    assert!(
+                        (0..sys.partitions).contains(&p),
+                        "{}: partition={v}",
+                        s.name
+                    );
+                }
+                values.entry(k.clone()).or_default().insert(v.clone());
+            }
+        }
+        for (k, v) in &values {
+            assert!(v.len() <= 40, "label {k} has {} values: {v:?}", v.len());
+        }
+
+        // 3. Counters (and histogram counts) never go back.
+        for (before, after, text) in [
+            (&before_ingest, &after_ingest, &ingest_text),
+            (&before_gw, &after_gw, &gw_text),
+        ] {
+            let kinds = families(text);
+            let old: BTreeMap<String, f64> =
+                before.iter().map(|s| (series_key(s), s.value)).collect();
+            for s in after {
+                let family = s
+                    .name
+                    .trim_end_matches("_bucket")
+                    .trim_end_matches("_count")
+                    .trim_end_matches("_sum");
+                let monotonic = kinds.get(&s.name).is_some_and(|t| t == "counter")
+                    || (kinds.get(family).is_some_and(|t| t == "histogram") && s.name != family);
+                if let (true, Some(o)) = (monotonic, old.get(&series_key(s))) {
+                    assert!(
+                        s.value >= *o,
+                        "{} went from {o} to {}",
+                        series_key(s),
+                        s.value
+                    );
+                }
+            }
+        }
+        // The traffic really produced what the alerts watch.
+        let m = |samples: &[Sample], name: &str, labels: &[(&str, &str)]| {
+            dashstream::testkit::metric_sum(samples, name, labels)
+        };
+        assert!(
+            m(
+                &after_ingest,
+                "dashstream_ingest_invalid_records_total",
+                &[("reason", "decode")]
+            ) >= 1.0
+        );
+        assert!(
+            m(
+                &after_gw,
+                "dashstream_gateway_upgrades_total",
+                &[("reason", "bad_cursor")]
+            ) >= 1.0
+        );
+        assert!(
+            m(&after_gw, "dashstream_gateway_catchup_switches_total", &[]) >= 1.0,
+            "the slow client fell behind"
+        );
+
+        // A real Prometheus scrapes both tiers and loads the alert rules.
+        prometheus_scrapes(&ingest.addr, &gw.addr).await;
+    })
+    .await;
+}
+
+async fn prometheus_scrapes(ingest: &str, gateway: &str) {
+    let dir = std::env::temp_dir().join(unique("prometheus"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = format!(
+        "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nrule_files: [{RULES:?}]\nscrape_configs:\n  - job_name: dashstream-ingest\n    static_configs: [{{targets: [{ingest:?}]}}]\n  - job_name: dashstream-gateway\n    static_configs: [{{targets: [{gateway:?}]}}]\n"
+    );
+    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut child = std::process::Command::new("/usr/bin/prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address={addr}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
+        .spawn()
+        .expect("Debian's prometheus (monitoring/check.sh installs it)");
+    let query = |q: &'static str| {
+        let addr = addr.clone();
+        async move {
+            let (status, body) = http_get(&addr, &format!("/api/v1/query?query={q}"))
+                .await
+                .ok()?;
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let n = v["data"]["result"].as_array()?.len();
+            (status == 200 && n > 0).then_some(v)
+        }
+    };
+    wait_for(
+        "Prometheus to have the ingest's series",
+        Duration::from_secs(60),
+        || query("dashstream_ingest_events_written_total"),
+    )
+    .await;
+    wait_for(
+        "Prometheus to have the gateway's series",
+        Duration::from_secs(60),
+        || query("dashstream_gateway_events_sent_total"),
+    )
+    .await;
+    let up = wait_for("both targets up", Duration::from_secs(60), || async {
+        let v = query("sum(up)").await?;
+        (v["data"]["result"][0]["value"][1].as_str()? == "2").then_some(())
+    })
+    .await;
+    let _ = up;
+    let (_, rules) = http_get(&addr, "/api/v1/rules").await.unwrap();
+    let v: serde_json::Value = serde_json::from_str(&rules).unwrap();
+    let n: usize = v["data"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["rules"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(n, 17, "every alert rule loads in a real Prometheus");
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
