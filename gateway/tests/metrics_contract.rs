@@ -3,6 +3,7 @@
 //! - every metric name used by the alert rules and the dashboard is emitted;
 //! - every label value comes from a bounded set (no thread, client, tenant or topic names);
 //! - counters only go up between two scrapes.
+//!
 //! And a real Prometheus (Debian's package) scrapes both tiers and loads the alert rules.
 
 mod common;
