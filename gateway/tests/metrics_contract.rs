@@ -275,12 +275,11 @@ async fn prometheus_scrapes(ingest: &str, gateway: &str) {
         || query("dashstream_gateway_events_sent_total"),
     )
     .await;
-    let up = wait_for("both targets up", Duration::from_secs(60), || async {
+    wait_for("both targets up", Duration::from_secs(60), || async {
         let v = query("sum(up)").await?;
         (v["data"]["result"][0]["value"][1].as_str()? == "2").then_some(())
     })
     .await;
-    let _ = up;
     let (_, rules) = http_get(&addr, "/api/v1/rules").await.unwrap();
     let v: serde_json::Value = serde_json::from_str(&rules).unwrap();
     let n: usize = v["data"]["groups"]
