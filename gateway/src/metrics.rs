@@ -32,13 +32,14 @@ pub struct Metrics {
     pub untrusted_forwarded: IntCounter,
 }
 
-pub const REJECT_REASONS: [&str; 6] = [
+pub const REJECT_REASONS: [&str; 7] = [
     "global_limit",
     "ip_limit",
     "bad_request",
     "bad_cursor",
     "draining",
     "not_websocket",
+    "unavailable",
 ];
 pub const CLIENT_ERRORS: [&str; 4] = ["bad_json", "unknown_type", "binary", "frame_too_large"];
 pub const DISCONNECTS: [&str; 6] = [

@@ -19,7 +19,11 @@ pub enum Outbound {
     Frame {
         wire: Wire,
         kind: &'static str,
-        events: Vec<i64>,
+        /// Events in the frame.
+        events: u64,
+        /// Producer timestamps of the frame's live events, for the latency histogram (events
+        /// read from history are counted but not timed: their age is the client's absence).
+        stamps: Vec<i64>,
     },
     /// Close the connection with this code and reason.
     Close(u16, &'static str),
@@ -71,7 +75,7 @@ impl Session {
             Start::Cursor(c) => (c, true),
         };
         let welcome = frames::welcome(self.format, &self.server, &cursor.encode(), resumed);
-        if self.send(welcome, "welcome", Vec::new()).await.is_err() {
+        if self.send(welcome, "welcome", 0, Vec::new()).await.is_err() {
             return;
         }
         let result: Result<(), Stop> = async {
@@ -109,6 +113,7 @@ impl Session {
                 .send(
                     frames::reconnect(self.format, &cursor.encode(), "draining"),
                     "reconnect",
+                    0,
                     Vec::new(),
                 )
                 .await;
@@ -116,9 +121,20 @@ impl Session {
         }
     }
 
-    async fn send(&self, wire: Wire, kind: &'static str, events: Vec<i64>) -> Result<(), Stop> {
+    async fn send(
+        &self,
+        wire: Wire,
+        kind: &'static str,
+        events: u64,
+        stamps: Vec<i64>,
+    ) -> Result<(), Stop> {
         self.out
-            .send(Outbound::Frame { wire, kind, events })
+            .send(Outbound::Frame {
+                wire,
+                kind,
+                events,
+                stamps,
+            })
             .await
             .map_err(|_| Stop::Gone)
     }
@@ -133,6 +149,7 @@ impl Session {
         self.send(
             frames::gap(self.format, &cursor.encode(), reason, missed),
             "gap",
+            0,
             Vec::new(),
         )
         .await
@@ -144,6 +161,7 @@ impl Session {
         cursor: &mut Cursor,
         epoch: &str,
         events: &[Arc<LiveEvent>],
+        live: bool,
     ) -> Result<(), Stop> {
         let mut pending: Vec<Arc<LiveEvent>> = Vec::new();
         for e in events {
@@ -158,20 +176,30 @@ impl Session {
                 pending.push(e.clone());
             }
             if pending.len() >= self.max_frame_events {
-                self.flush(cursor, &mut pending).await?;
+                self.flush(cursor, &mut pending, live).await?;
             }
         }
-        self.flush(cursor, &mut pending).await
+        self.flush(cursor, &mut pending, live).await
     }
 
-    async fn flush(&self, cursor: &Cursor, pending: &mut Vec<Arc<LiveEvent>>) -> Result<(), Stop> {
+    async fn flush(
+        &self,
+        cursor: &Cursor,
+        pending: &mut Vec<Arc<LiveEvent>>,
+        live: bool,
+    ) -> Result<(), Stop> {
         if pending.is_empty() {
             return Ok(());
         }
         let wire = frames::events(self.format, &cursor.encode(), pending);
-        let stamps = pending.iter().map(|e| e.timestamp_us).collect();
+        let stamps = if live {
+            pending.iter().map(|e| e.timestamp_us).collect()
+        } else {
+            Vec::new()
+        };
+        let n = pending.len() as u64;
         pending.clear();
-        self.send(wire, "events", stamps).await
+        self.send(wire, "events", n, stamps).await
     }
 
     async fn deliver_live(&self, cursor: &mut Cursor, batch: &[Arc<LiveItem>]) -> Result<(), Stop> {
@@ -216,7 +244,7 @@ impl Session {
                     let after = pos.map_or(EntryId::ZERO, |p| p.last);
                     let fresh: Vec<Arc<LiveEvent>> =
                         events.iter().filter(|e| e.id > after).cloned().collect();
-                    self.deliver(cursor, epoch, &fresh).await?;
+                    self.deliver(cursor, epoch, &fresh, true).await?;
                 }
             }
         }
@@ -349,7 +377,7 @@ impl Session {
                 (Some(t), Some(last)) => t.epoch == epoch && last.id >= t.last,
                 _ => false,
             };
-            self.deliver(cursor, &epoch, &events).await?;
+            self.deliver(cursor, &epoch, &events, false).await?;
             if let Some(id) = last_read {
                 // Past undecodable entries too, so a bad entry is never read forever.
                 cursor.parts.insert(

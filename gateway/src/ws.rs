@@ -377,7 +377,12 @@ async fn write_loop<S>(
         };
         match msg {
             None => return,
-            Some(Outbound::Frame { wire, kind, events }) => {
+            Some(Outbound::Frame {
+                wire,
+                kind,
+                events,
+                stamps,
+            }) => {
                 let len = wire.len() as u64;
                 let message = match wire {
                     Wire::Text(t) => Message::Text(t.into()),
@@ -387,8 +392,8 @@ async fn write_loop<S>(
                     Ok(Ok(())) => {
                         m.frames_sent.with_label_values(&[kind]).inc();
                         m.bytes_sent.inc_by(len);
-                        m.events_sent.inc_by(events.len() as u64);
-                        observe_sent(&m, &events);
+                        m.events_sent.inc_by(events);
+                        observe_sent(&m, &stamps);
                     }
                     Ok(Err(_)) => {
                         m.disconnects.with_label_values(&["error"]).inc();
@@ -438,7 +443,8 @@ async fn read_loop<S>(
         let _ = out.try_send(Outbound::Frame {
             wire,
             kind,
-            events: Vec::new(),
+            events: 0,
+            stamps: Vec::new(),
         });
     };
     loop {
