@@ -260,8 +260,12 @@ impl Client {
 
     /// The next frame, or `None` when the connection ended without a close frame.
     pub async fn next(&mut self, timeout: Duration) -> Option<Frame> {
+        // One deadline for the whole wait: server pings must not extend it.
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let msg = tokio::time::timeout(timeout, self.ws.next()).await.ok()??;
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()??;
             match msg {
                 Ok(Message::Text(t)) => return Some(parse_json(t.as_str())),
                 Ok(Message::Binary(b)) => return Some(parse_proto(&b)),
