@@ -124,7 +124,14 @@ async fn a_redis_outage_turns_readyz_503_and_clients_continue_without_loss() {
             let (sys, opts) = (sys.clone(), sys.produce_options(10_000, Some(500.0)));
             async move { sys.produce(opts).await }
         });
-        tokio::time::sleep(Duration::from_secs(2)).await; // events flowing
+        // Stop Redis while events flow: once the client has received some.
+        while rx.events.len() < 200 {
+            let f = c
+                .next(Duration::from_secs(30))
+                .await
+                .expect("events flowing");
+            rx.take(&f);
+        }
         redis.stop();
         let (status, body) = wait_for("/readyz 503", Duration::from_secs(20), || async {
             http_get(&gw.addr, "/readyz")

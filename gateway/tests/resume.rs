@@ -82,7 +82,16 @@ async fn a_draining_replica_sends_reconnect_and_clients_resume_elsewhere() {
             let (sys, opts) = (sys.clone(), sys.produce_options(4_000, Some(1_000.0)));
             async move { sys.produce(opts).await }
         });
-        tokio::time::sleep(Duration::from_millis(1500)).await; // mid-stream
+        // Drain mid-stream: once every client has received events.
+        for (c, rx) in clients.iter_mut() {
+            while rx.events.len() < 100 {
+                let f = c
+                    .next(Duration::from_secs(30))
+                    .await
+                    .expect("events flowing");
+                rx.take(&f);
+            }
+        }
         let stopping = tokio::spawn(g1.shutdown());
         for (c, rx) in clients.iter_mut() {
             // Events until a reconnect frame with a cursor, then close 4012.
