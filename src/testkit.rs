@@ -68,6 +68,35 @@ pub fn unique(base: &str) -> String {
     )
 }
 
+/// Options for a test's producer: `count` events (`rate` per second, or as fast as possible)
+/// over `threads` threads named after the test's topic, recording every delivery.
+pub fn produce_options(
+    topic: &str,
+    threads: usize,
+    count: u64,
+    rate: Option<f64>,
+) -> crate::produce::ProduceOptions {
+    crate::produce::ProduceOptions {
+        topic: topic.to_string(),
+        threads,
+        count: Some(count),
+        rate,
+        record_deliveries: true,
+        thread_prefix: format!("{topic}-thread"),
+        ..Default::default()
+    }
+}
+
+/// Produces with `opts` until done, panicking on a delivery failure.
+pub async fn produce(
+    conn: &crate::kafka::KafkaConnection,
+    opts: crate::produce::ProduceOptions,
+) -> crate::produce::ProduceReport {
+    crate::produce::run(conn, opts, std::future::pending())
+        .await
+        .expect("produce")
+}
+
 /// Runs a test body with a deadline, panicking when it is exceeded.
 pub async fn deadline<F: Future<Output = ()>>(secs: u64, f: F) {
     tokio::time::timeout(Duration::from_secs(secs), f)

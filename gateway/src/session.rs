@@ -163,15 +163,25 @@ impl Session {
         events: &[Arc<LiveEvent>],
         live: bool,
     ) -> Result<(), Stop> {
+        // Every call carries one partition's events of one epoch: set the epoch once, then
+        // move only the position per event (no allocation per event and client).
+        let Some(first) = events.first() else {
+            return Ok(());
+        };
+        let p = first.partition;
+        let pos = cursor.parts.entry(p).or_insert_with(|| PartitionPos {
+            epoch: epoch.to_string(),
+            last: EntryId::ZERO,
+        });
+        if pos.epoch != epoch {
+            pos.epoch = epoch.to_string();
+        }
         let mut pending: Vec<Arc<LiveEvent>> = Vec::new();
         for e in events {
-            cursor.parts.insert(
-                e.partition,
-                PartitionPos {
-                    epoch: epoch.to_string(),
-                    last: e.id,
-                },
-            );
+            debug_assert_eq!(e.partition, p);
+            if let Some(pos) = cursor.parts.get_mut(&p) {
+                pos.last = e.id;
+            }
             if self.filter.matches(e) {
                 pending.push(e.clone());
             }
@@ -237,7 +247,7 @@ impl Session {
                     if pos.is_some_and(|p| p.epoch.as_str() != &**epoch) {
                         // An epoch this session has not been told about: re-read from Redis.
                         let mut c = cursor.clone();
-                        self.catch_up_partition(&mut c, *partition, false).await?;
+                        self.catch_up_partition(&mut c, *partition, None).await?;
                         *cursor = c;
                         continue;
                     }
@@ -261,8 +271,8 @@ impl Session {
         let rx = self.live.tx.subscribe();
         let tops = self.live.tops();
         let mut outcome_gap = false;
-        for p in tops.keys() {
-            outcome_gap |= self.catch_up_partition(cursor, *p, true).await?;
+        for (p, top) in &tops {
+            outcome_gap |= self.catch_up_partition(cursor, *p, Some(top)).await?;
         }
         if resumed {
             let outcome = if outcome_gap { "gap" } else { "ok" };
@@ -271,21 +281,16 @@ impl Session {
         Ok(rx)
     }
 
-    /// Reads one partition's history after the cursor, up to the live top when one is known
-    /// (the live receiver covers what comes after) or to the end of the stream; returns
-    /// whether a gap was reported.
+    /// Reads one partition's history after the cursor, up to `target` (the live top taken
+    /// when the live receiver subscribed, which covers what comes after) or, without one, to
+    /// the end of the stream; returns whether a gap was reported.
     async fn catch_up_partition(
         &self,
         cursor: &mut Cursor,
         p: i32,
-        bounded: bool,
+        target: Option<&PartitionPos>,
     ) -> Result<bool, Stop> {
         let mut gapped = false;
-        let target = if bounded {
-            self.live.tops().get(&p).cloned()
-        } else {
-            None
-        };
         loop {
             if self.drain.is_cancelled() {
                 return Err(Stop::Draining);

@@ -84,21 +84,11 @@ impl Harness {
     }
 
     pub fn produce_options(&self, count: u64, rate: Option<f64>) -> ProduceOptions {
-        ProduceOptions {
-            topic: self.topic.clone(),
-            threads: 64,
-            count: Some(count),
-            rate,
-            record_deliveries: true,
-            thread_prefix: format!("{}-thread", self.topic),
-            ..ProduceOptions::default()
-        }
+        testkit::produce_options(&self.topic, 64, count, rate)
     }
 
     pub async fn produce(&self, opts: ProduceOptions) -> ProduceReport {
-        dashstream::produce::run(&self.conn, opts, std::future::pending())
-            .await
-            .expect("produce")
+        testkit::produce(&self.conn, opts).await
     }
 
     /// Starts an ingest process for this test's topic, group and prefix.
