@@ -15,7 +15,6 @@ pub mod seq;
 pub mod shutdown;
 pub mod tail;
 pub mod telemetry;
-pub mod testkit;
 
 /// Generated from `proto/dashstream/v1/events.proto` (package `dashstream.v1`).
 pub mod proto {

@@ -1,7 +1,7 @@
 //! The `dashstream` command line against the real Kafka broker: provisioning is idempotent and
 //! reports differences; produce delivers what it says; bad settings exit 64 naming the setting.
 
-use dashstream::testkit::{services, unique};
+use dashstream_testkit::{services, unique};
 use std::process::Command;
 
 fn dashstream(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {

@@ -4,7 +4,7 @@
 
 use dashstream::kafka::KafkaConnection;
 use dashstream::provision::{provision, TopicSpec};
-use dashstream::testkit::{deadline, services, unique};
+use dashstream_testkit::{deadline, services, unique};
 use prost::Message as _;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};

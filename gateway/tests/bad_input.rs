@@ -3,11 +3,11 @@
 
 mod common;
 use common::*;
-use dashstream::testkit::{http_get, metric_sum, parse_metrics};
+use dashstream_testkit::{http_get, metric_sum, parse_metrics};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-async fn metrics(addr: &str) -> Vec<dashstream::testkit::Sample> {
+async fn metrics(addr: &str) -> Vec<dashstream_testkit::Sample> {
     parse_metrics(&http_get(addr, "/metrics").await.unwrap().1)
 }
 

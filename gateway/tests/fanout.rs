@@ -19,7 +19,7 @@ async fn every_client_on_every_replica_gets_the_full_stream_in_both_formats() {
         ];
         let _ingest = sys.ingest(&[]).await;
         // Every replica serves the live viewer page at `/`.
-        let (status, page) = dashstream::testkit::http_get(&gws[0].addr, "/")
+        let (status, page) = dashstream_testkit::http_get(&gws[0].addr, "/")
             .await
             .unwrap();
         assert_eq!(status, 200);

@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use dashstream::testkit::{self, http_get};
+use dashstream_testkit::{self as testkit, http_get};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -9,7 +9,7 @@
 mod common;
 use common::*;
 use dashstream::produce::Fault;
-use dashstream::testkit::{free_port, http_get, parse_metrics, Sample};
+use dashstream_testkit::{free_port, http_get, parse_metrics, Sample};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -99,7 +99,7 @@ async fn metrics_used_by_alerts_and_dashboard_exist_are_bounded_and_counters_onl
             Duration::from_secs(60),
             || async {
                 let (_, s) = scrape(&gw.addr).await;
-                (dashstream::testkit::metric_sum(&s, "dashstream_gateway_tail_events_total", &[])
+                (dashstream_testkit::metric_sum(&s, "dashstream_gateway_tail_events_total", &[])
                     >= 15_000.0)
                     .then_some(())
             },
@@ -203,7 +203,7 @@ async fn metrics_used_by_alerts_and_dashboard_exist_are_bounded_and_counters_onl
         }
         // The traffic really produced what the alerts watch.
         let m = |samples: &[Sample], name: &str, labels: &[(&str, &str)]| {
-            dashstream::testkit::metric_sum(samples, name, labels)
+            dashstream_testkit::metric_sum(samples, name, labels)
         };
         assert!(
             m(

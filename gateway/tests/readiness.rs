@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tail_loop_left_behind_by_growing_streams_is_not_ready() {
     deadline(60, async {
-        let services = dashstream::testkit::services();
+        let services = dashstream_testkit::services();
         let prefix = unique("readiness");
         let keys = StreamKeys::new(&prefix, "t");
         let client = redis::Client::open(services.redis_url.as_str()).unwrap();

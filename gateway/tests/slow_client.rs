@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use dashstream::testkit::{http_get, metric_sum, parse_metrics};
+use dashstream_testkit::{http_get, metric_sum, parse_metrics};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

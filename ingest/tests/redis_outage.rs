@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use dashstream::testkit;
+use dashstream_testkit as testkit;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 
 mod common;
 use common::*;
-use dashstream::testkit;
+use dashstream_testkit as testkit;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use std::time::Duration;

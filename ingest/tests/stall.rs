@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use dashstream::testkit;
+use dashstream_testkit as testkit;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

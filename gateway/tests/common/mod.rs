@@ -8,7 +8,7 @@ use dashstream::kafka::KafkaConnection;
 use dashstream::produce::{Delivered, ProduceOptions, ProduceReport};
 use dashstream::proto::{server_frame::Frame as PFrame, ServerFrame};
 use dashstream::provision::{provision, TopicSpec};
-use dashstream::testkit::{self, Services};
+use dashstream_testkit::{self as testkit, Services};
 use futures::{SinkExt, StreamExt};
 use prost::Message as _;
 use std::collections::{BTreeMap, BTreeSet};
@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-pub use dashstream::testkit::{deadline, unique, wait_for, RedisServer};
+pub use dashstream_testkit::{deadline, unique, wait_for, RedisServer};
 
 /// A service running in this process.
 pub struct Running {

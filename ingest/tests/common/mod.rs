@@ -7,7 +7,7 @@ use dashstream::kafka::KafkaConnection;
 use dashstream::keys::{parse_entry_id, StreamKeys};
 use dashstream::produce::{Delivered, ProduceOptions, ProduceReport};
 use dashstream::provision::{provision, TopicSpec};
-use dashstream::testkit::{self, free_port, http_get, parse_metrics, Sample, Services};
+use dashstream_testkit::{self as testkit, free_port, http_get, parse_metrics, Sample, Services};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap};
@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-pub use dashstream::testkit::{deadline, unique, wait_for, RedisServer};
+pub use dashstream_testkit::{deadline, unique, wait_for, RedisServer};
 
 /// One test's isolated names on the shared services.
 #[derive(Clone)]

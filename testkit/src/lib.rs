@@ -75,8 +75,8 @@ pub fn produce_options(
     threads: usize,
     count: u64,
     rate: Option<f64>,
-) -> crate::produce::ProduceOptions {
-    crate::produce::ProduceOptions {
+) -> dashstream::produce::ProduceOptions {
+    dashstream::produce::ProduceOptions {
         topic: topic.to_string(),
         threads,
         count: Some(count),
@@ -89,10 +89,10 @@ pub fn produce_options(
 
 /// Produces with `opts` until done, panicking on a delivery failure.
 pub async fn produce(
-    conn: &crate::kafka::KafkaConnection,
-    opts: crate::produce::ProduceOptions,
-) -> crate::produce::ProduceReport {
-    crate::produce::run(conn, opts, std::future::pending())
+    conn: &dashstream::kafka::KafkaConnection,
+    opts: dashstream::produce::ProduceOptions,
+) -> dashstream::produce::ProduceReport {
+    dashstream::produce::run(conn, opts, std::future::pending())
         .await
         .expect("produce")
 }
