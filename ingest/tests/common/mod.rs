@@ -413,3 +413,292 @@ pub fn by_partition(deliveries: &[Delivered]) -> HashMap<i32, usize> {
     }
     m
 }
+
+// ---------------------------------------------------------------------------------------------
+// Helpers of the review regressions (rollback, stale pause, fencing, decode bomb, offset reset,
+// missing DLQ topic, sequence gaps while scaling). They use only the imports above, which are
+// the same before and after the testkit crate moved.
+// ---------------------------------------------------------------------------------------------
+
+impl Harness {
+    /// [`Harness::with_redis`] on the shared Kafka with a Redis of the test's own at `redis_url`.
+    pub async fn with_own_redis(name: &str, partitions: i32, redis_url: String) -> Self {
+        Self::with_redis(name, partitions, testkit::services(), redis_url).await
+    }
+
+    /// One field of partition `p`'s meta hash (`epoch`, `next_offset`, `owner`...), `None` when
+    /// absent or Redis does not answer.
+    pub async fn meta_field(&self, p: i32, field: &str) -> Option<String> {
+        let client = redis::Client::open(self.redis_url.as_str()).ok()?;
+        let mut c = tokio::time::timeout(
+            Duration::from_secs(2),
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            redis::cmd("HGET")
+                .arg(self.keys().meta(p))
+                .arg(field)
+                .query_async(&mut c),
+        )
+        .await
+        .ok()?
+        .ok()?
+    }
+}
+
+/// Waits until every valid delivered record is in its partition's stream (`next_offset` past
+/// the last delivery and an entry for every event), and returns the streams. On timeout it
+/// panics with, per partition, the `next_offset` reached and wanted and the missing offsets,
+/// so a stuck partition or a hole is named in the failure.
+pub async fn wait_in_streams(
+    h: &Harness,
+    deliveries: &[Delivered],
+    timeout: Duration,
+) -> BTreeMap<i32, Vec<(i64, usize)>> {
+    let want_next = expected_next(deliveries);
+    let mut want: BTreeMap<i32, std::collections::BTreeSet<(i64, usize)>> = BTreeMap::new();
+    for d in deliveries.iter().filter(|d| d.fault.is_none()) {
+        let set = want.entry(d.partition).or_default();
+        set.extend((0..d.events as usize).map(|i| (d.offset, i)));
+    }
+    let holds_all = |streams: &BTreeMap<i32, Vec<(i64, usize)>>| {
+        want.iter().all(|(p, w)| {
+            let have: std::collections::BTreeSet<_> =
+                streams.get(p).into_iter().flatten().collect();
+            w.iter().all(|e| have.contains(e))
+        })
+    };
+    let start = std::time::Instant::now();
+    loop {
+        let next = h.next_offsets().await;
+        let caught_up = next.as_ref().is_some_and(|n| {
+            want_next
+                .iter()
+                .all(|(p, o)| n.get(p).copied().unwrap_or(-1) >= *o)
+        });
+        if caught_up {
+            let streams = h.read_streams().await;
+            if holds_all(&streams) {
+                return streams;
+            }
+        }
+        if start.elapsed() >= timeout {
+            let streams = h.read_streams().await;
+            let mut report = Vec::new();
+            for (p, w) in &want {
+                let have: std::collections::BTreeSet<(i64, usize)> =
+                    streams.get(p).into_iter().flatten().copied().collect();
+                let missing: Vec<i64> = w
+                    .iter()
+                    .filter(|e| !have.contains(e))
+                    .map(|e| e.0)
+                    .collect();
+                let reached = next.as_ref().and_then(|n| n.get(p).copied());
+                report.push(format!(
+                    "partition {p}: next_offset {reached:?} (want >= {}), {} entries, \
+                     {} expected entries missing at offsets {}",
+                    want_next.get(p).copied().unwrap_or(0),
+                    streams.get(p).map_or(0, Vec::len),
+                    missing.len(),
+                    offset_ranges(&missing)
+                ));
+            }
+            panic!(
+                "timed out after {timeout:?} waiting for every produced record in its stream:\n  {}",
+                report.join("\n  ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Sorted offsets as compact ranges, e.g. `[0..=99, 150..=199]` (at most 8 ranges shown).
+pub fn offset_ranges(offsets: &[i64]) -> String {
+    let mut sorted = offsets.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut ranges: Vec<(i64, i64)> = Vec::new();
+    for o in sorted {
+        match ranges.last_mut() {
+            Some((_, end)) if *end + 1 == o => *end = o,
+            _ => ranges.push((o, o)),
+        }
+    }
+    let shown: Vec<String> = ranges
+        .iter()
+        .take(8)
+        .map(|(a, b)| format!("{a}..={b}"))
+        .collect();
+    let more = if ranges.len() > 8 { ", ..." } else { "" };
+    format!("[{}{more}]", shown.join(", "))
+}
+
+/// Scrapes `/metrics` at `addr` (for a process whose [`IngestProc`] is borrowed elsewhere).
+pub async fn metrics_at(addr: &str) -> Option<Vec<Sample>> {
+    match http_get(addr, "/metrics").await {
+        Ok((200, body)) => Some(parse_metrics(&body)),
+        _ => None,
+    }
+}
+
+/// True when `/metrics` exports at least one series of `name`.
+pub fn has_metric(samples: &[Sample], name: &str) -> bool {
+    samples.iter().any(|s| s.name == name)
+}
+
+/// Reads the DLQ topic from its start until `want` documents arrived or `timeout` passed;
+/// returns the JSON documents read.
+pub async fn read_dlq(h: &Harness, want: usize, timeout: Duration) -> Vec<serde_json::Value> {
+    use rdkafka::message::Message as _;
+    let consumer: BaseConsumer = h
+        .conn
+        .client_config()
+        .set("group.id", unique("dlq-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("DLQ consumer");
+    consumer.subscribe(&[&h.dlq_topic]).expect("subscribe DLQ");
+    let mut docs = Vec::new();
+    let start = std::time::Instant::now();
+    while docs.len() < want && start.elapsed() < timeout {
+        if let Some(Ok(m)) =
+            tokio::task::block_in_place(|| consumer.poll(Duration::from_millis(200)))
+        {
+            docs.push(serde_json::from_slice(m.payload().unwrap_or_default()).expect("DLQ JSON"));
+        }
+    }
+    docs
+}
+
+/// Peak resident set size (`VmHWM`, KiB) of a running process, from `/proc/<pid>/status`.
+pub fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+impl IngestProc {
+    /// Waits up to `timeout` for the process to exit by itself; `None` if it is still running
+    /// (it is left running).
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let start = std::time::Instant::now();
+        loop {
+            let c = self.child.as_mut()?;
+            if let Some(status) = c.try_wait().ok().flatten() {
+                self.child = None;
+                return Some(status);
+            }
+            if start.elapsed() >= timeout {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGTERM and wait for the exit (like [`IngestProc::stop`]), scraping `/metrics` every
+    /// 100 ms meanwhile; returns the last scrape, so counters of a stopped process (including
+    /// what its drain did) can still be checked.
+    pub async fn stop_with_last_metrics(&mut self) -> Option<Vec<Sample>> {
+        let addr = self.addr.clone();
+        let mut last = metrics_at(&addr).await;
+        let stop = self.stop();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return last,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                    if let Some(m) = metrics_at(&addr).await {
+                        last = Some(m);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A `redis-server` of one test with RDB persistence only (no AOF, no automatic snapshots):
+/// after [`RdbRedis::crash_and_restart`] it holds exactly what the last `SAVE` wrote, i.e. it
+/// comes back with an older state (a rollback), on the same port and directory.
+pub struct RdbRedis {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl RdbRedis {
+    pub fn start() -> Self {
+        let dir = std::env::temp_dir().join(unique("dashstream-rdb"));
+        std::fs::create_dir_all(&dir).expect("redis dir");
+        let mut s = Self {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        s.spawn();
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--dir", self.dir.to_str().expect("utf-8 dir")])
+            .args([
+                "--dbfilename",
+                "dump.rdb",
+                "--appendonly",
+                "no",
+                "--save",
+                "",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (deploy/local/redis.sh installs it)");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        // Accepting connections is not enough: answer PING only once the RDB is loaded.
+        loop {
+            let ready = redis::Client::open(self.url())
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                .is_ok();
+            if ready {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL (nothing saved), then start again on the same port and directory, loading the
+    /// last `SAVE`d snapshot.
+    pub fn crash_and_restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.spawn();
+    }
+}
+
+impl Drop for RdbRedis {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
