@@ -3,6 +3,7 @@
 //! the small HTTP server for `/metrics`, `/healthz` and `/readyz`, sequence tracking, and the
 //! library side of the `dashstream` command line (provisioning and the synthetic producer).
 
+pub mod backoff;
 pub mod codec;
 pub mod config;
 pub mod http;

@@ -19,8 +19,16 @@ pub enum SeqOutcome {
         missing: u64,
     },
     Duplicate,
-    /// Older than the last one seen (and not equal).
+    /// Older than the last one seen (and not equal). The tracker resynchronises on it: a
+    /// producer that restarted a thread at 1 shows one `Reorder`, then `InOrder` again.
     Reorder,
+}
+
+/// The 64-bit key a thread id is tracked under.
+pub fn thread_hash(thread_id: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    thread_id.hash(&mut h);
+    h.finish()
 }
 
 pub struct SequenceTracker {
@@ -37,12 +45,15 @@ impl SequenceTracker {
     }
 
     pub fn observe(&mut self, thread_id: &str, sequence: u64) -> SeqOutcome {
+        self.observe_hash(thread_hash(thread_id), sequence)
+    }
+
+    /// Same as [`observe`](Self::observe), for a thread id already hashed with
+    /// [`thread_hash`].
+    pub fn observe_hash(&mut self, key: u64, sequence: u64) -> SeqOutcome {
         if sequence == 0 {
             return SeqOutcome::Unsequenced;
         }
-        let mut h = DefaultHasher::new();
-        thread_id.hash(&mut h);
-        let key = h.finish();
         match self.last.get_mut(&key) {
             None => {
                 if self.last.push(key, sequence).is_some_and(|(k, _)| k != key) {
@@ -63,6 +74,7 @@ impl SequenceTracker {
                 } else if sequence == prev {
                     SeqOutcome::Duplicate
                 } else {
+                    *last = sequence;
                     SeqOutcome::Reorder
                 }
             }
@@ -94,7 +106,9 @@ mod tests {
         assert_eq!(t.observe("a", 5), SeqOutcome::Gap { missing: 2 });
         assert_eq!(t.observe("a", 5), SeqOutcome::Duplicate);
         assert_eq!(t.observe("a", 3), SeqOutcome::Reorder);
-        assert_eq!(t.observe("a", 6), SeqOutcome::InOrder);
+        // Resynchronised: a thread restarted by its producer is in order again at once.
+        assert_eq!(t.observe("a", 4), SeqOutcome::InOrder);
+        assert_eq!(t.observe("a", 6), SeqOutcome::Gap { missing: 1 });
     }
 
     #[test]

@@ -17,8 +17,10 @@ pub const ENV_MAX_RECORD_BYTES: &str = "INGEST_MAX_RECORD_BYTES";
 pub const ENV_MAX_DECOMPRESSED_BYTES: &str = "INGEST_MAX_DECOMPRESSED_BYTES";
 pub const ENV_MAX_BATCH_EVENTS: &str = "INGEST_MAX_BATCH_EVENTS";
 pub const ENV_DLQ_INCLUDE_VALUE: &str = "INGEST_DLQ_INCLUDE_VALUE";
-pub const ENV_PARTITION_QUEUE: &str = "INGEST_PARTITION_QUEUE";
-pub const ENV_WRITE_BATCH: &str = "INGEST_WRITE_BATCH";
+pub const ENV_PARTITION_BUFFER_KB: &str = "INGEST_PARTITION_BUFFER_KB";
+pub const ENV_WRITE_BATCH_EVENTS: &str = "INGEST_WRITE_BATCH_EVENTS";
+pub const ENV_WRITE_BATCH_BYTES: &str = "INGEST_WRITE_BATCH_BYTES";
+pub const ENV_DLQ_CONCURRENCY: &str = "INGEST_DLQ_CONCURRENCY";
 pub const ENV_DRAIN_TIMEOUT_MS: &str = "INGEST_DRAIN_TIMEOUT_MS";
 pub const ENV_LAG_INTERVAL_MS: &str = "INGEST_LAG_INTERVAL_MS";
 pub const ENV_SEQUENCE_CAPACITY: &str = "INGEST_SEQUENCE_CAPACITY";
@@ -61,19 +63,26 @@ pub struct IngestArgs {
     /// Put the whole invalid value (base64) in DLQ documents.
     #[arg(long = "dlq-include-value", env = ENV_DLQ_INCLUDE_VALUE, action = ArgAction::Set, default_value_t = false)]
     pub dlq_include_value: bool,
-    /// Records buffered per partition before the partition is paused.
-    #[arg(long = "partition-queue", env = ENV_PARTITION_QUEUE, default_value_t = 2048)]
-    pub partition_queue: usize,
-    /// Most records written to Redis in one round trip.
-    #[arg(long = "write-batch", env = ENV_WRITE_BATCH, default_value_t = 500)]
-    pub write_batch: usize,
+    /// KiB of fetched records librdkafka buffers per partition before it stops fetching it.
+    #[arg(long = "partition-buffer-kb", env = ENV_PARTITION_BUFFER_KB, default_value_t = 4096)]
+    pub partition_buffer_kb: usize,
+    /// Most events in one Redis write (a record is never split: one may pass it).
+    #[arg(long = "write-batch-events", env = ENV_WRITE_BATCH_EVENTS, default_value_t = 2000)]
+    pub write_batch_events: usize,
+    /// Most decoded bytes (events plus DLQ documents) in one Redis write (a record is never
+    /// split: one may pass it).
+    #[arg(long = "write-batch-bytes", env = ENV_WRITE_BATCH_BYTES, default_value_t = 4 * 1024 * 1024)]
+    pub write_batch_bytes: usize,
+    /// DLQ documents of one write sent at once.
+    #[arg(long = "dlq-concurrency", env = ENV_DLQ_CONCURRENCY, default_value_t = 8)]
+    pub dlq_concurrency: usize,
     /// Deadline for finishing in-flight work on revoke and shutdown, in milliseconds.
     #[arg(long = "drain-timeout-ms", env = ENV_DRAIN_TIMEOUT_MS, default_value_t = 10_000)]
     pub drain_timeout_ms: u64,
     /// How often lag is measured from the partition watermarks, in milliseconds.
     #[arg(long = "lag-interval-ms", env = ENV_LAG_INTERVAL_MS, default_value_t = 1_000)]
     pub lag_interval_ms: u64,
-    /// Threads whose last sequence number is remembered (LRU).
+    /// Threads whose last sequence number is remembered per partition (LRU).
     #[arg(long = "sequence-capacity", env = ENV_SEQUENCE_CAPACITY, default_value_t = 100_000)]
     pub sequence_capacity: usize,
     /// Name of this replica in logs and DLQ documents (default: hostname-pid).
@@ -102,10 +111,10 @@ pub struct PipelineOptions {
     pub stream_maxlen: u64,
     pub limits: Limits,
     pub dlq_include_value: bool,
-    pub partition_queue: usize,
-    pub write_batch: usize,
-    /// Upper bound on the bytes of one Redis write.
+    pub partition_buffer_kb: usize,
+    pub write_batch_events: usize,
     pub write_batch_bytes: usize,
+    pub dlq_concurrency: usize,
     pub drain_timeout: Duration,
     pub lag_interval: Duration,
     pub sequence_capacity: usize,
@@ -118,9 +127,10 @@ impl Default for PipelineOptions {
             stream_maxlen: 1_000_000,
             limits: Limits::default(),
             dlq_include_value: false,
-            partition_queue: 2048,
-            write_batch: 500,
-            write_batch_bytes: 8 * 1024 * 1024,
+            partition_buffer_kb: 4096,
+            write_batch_events: 2000,
+            write_batch_bytes: 4 * 1024 * 1024,
+            dlq_concurrency: 8,
             drain_timeout: Duration::from_secs(10),
             lag_interval: Duration::from_secs(1),
             sequence_capacity: 100_000,
@@ -214,12 +224,29 @@ impl IngestArgs {
             1,
         );
         at_least(
-            ENV_PARTITION_QUEUE,
-            "partition-queue",
-            self.partition_queue as u64,
+            ENV_PARTITION_BUFFER_KB,
+            "partition-buffer-kb",
+            self.partition_buffer_kb as u64,
+            64,
+        );
+        at_least(
+            ENV_WRITE_BATCH_EVENTS,
+            "write-batch-events",
+            self.write_batch_events as u64,
             1,
         );
-        at_least(ENV_WRITE_BATCH, "write-batch", self.write_batch as u64, 1);
+        at_least(
+            ENV_WRITE_BATCH_BYTES,
+            "write-batch-bytes",
+            self.write_batch_bytes as u64,
+            1024,
+        );
+        at_least(
+            ENV_DLQ_CONCURRENCY,
+            "dlq-concurrency",
+            self.dlq_concurrency as u64,
+            1,
+        );
         at_least(
             ENV_SEQUENCE_CAPACITY,
             "sequence-capacity",
@@ -255,9 +282,10 @@ impl IngestArgs {
                         max_batch_events: self.max_batch_events,
                     },
                     dlq_include_value: self.dlq_include_value,
-                    partition_queue: self.partition_queue,
-                    write_batch: self.write_batch,
-                    write_batch_bytes: PipelineOptions::default().write_batch_bytes,
+                    partition_buffer_kb: self.partition_buffer_kb,
+                    write_batch_events: self.write_batch_events,
+                    write_batch_bytes: self.write_batch_bytes,
+                    dlq_concurrency: self.dlq_concurrency,
                     drain_timeout,
                     lag_interval,
                     sequence_capacity: self.sequence_capacity,
@@ -296,7 +324,7 @@ mod tests {
             "smallest",
             "--listen",
             "nowhere",
-            "--write-batch",
+            "--write-batch-events",
             "0",
         ])
         .unwrap_err();
@@ -304,6 +332,6 @@ mod tests {
         assert!(s.contains(&"KAFKA_BROKERS (--kafka-brokers)"), "{s:?}");
         assert!(s.contains(&"KAFKA_AUTO_OFFSET_RESET (--kafka-auto-offset-reset)"));
         assert!(s.contains(&"INGEST_LISTEN (--listen)"));
-        assert!(s.contains(&"INGEST_WRITE_BATCH (--write-batch)"));
+        assert!(s.contains(&"INGEST_WRITE_BATCH_EVENTS (--write-batch-events)"));
     }
 }

@@ -1,37 +1,37 @@
-//! The Kafka side: one OS thread polls the group consumer (so rebalance callbacks, which run
-//! inside `poll`, may block while in-flight work drains), hands each record to its partition's
-//! worker through a bounded queue, pauses a partition whose queue is full instead of buffering
-//! more, and stores each partition's acknowledged position as the offset to commit.
+//! The Kafka side: one OS thread polls the group consumer, which serves rebalances, errors and
+//! commits (rebalance callbacks run inside `poll` and may block while work drains). Records do
+//! not pass through it: when partitions are assigned, each one's librdkafka queue is split off
+//! *before* the assignment takes effect (so not one record can land in the shared queue) and
+//! handed to that partition's worker, which reads it at its own pace. Backpressure is the
+//! worker not reading; librdkafka stops fetching a partition whose queue is full. There is no
+//! pause and no resume, so no pause flag can outlive an assignment.
 //!
-//! On revoke (and on shutdown) the affected workers' queues are closed; the thread waits up to
-//! the drain deadline for them to finish, stores their final positions and commits
-//! synchronously before the partitions are given up. A worker that misses the deadline is
-//! aborted: its partition's next owner fences it off in Redis (see `store`).
+//! On revoke (and on shutdown) the affected workers are told to stop; the thread waits up to
+//! the drain deadline for their in-flight writes to finish and commits synchronously before the
+//! partitions are given up. A worker that misses the deadline is aborted: its partition's next
+//! owner fences it off in Redis (see `store`).
 
 use crate::metrics::Metrics;
 use crate::state::{Health, Progress};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaError;
-use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use crate::worker::Queue;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, TopicPartitionList};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
-/// Starts the worker of a newly assigned partition: returns its queue and task.
+/// Starts the worker of a newly assigned partition on its queue; returns its task.
 pub type SpawnWorker =
-    Box<dyn Fn(i32, Arc<Progress>) -> (mpsc::Sender<OwnedMessage>, JoinHandle<()>) + Send + Sync>;
+    Box<dyn Fn(i32, Queue, Arc<Progress>, CancellationToken) -> JoinHandle<()> + Send + Sync>;
 
 struct Slot {
-    tx: mpsc::Sender<OwnedMessage>,
     join: JoinHandle<()>,
+    stop: CancellationToken,
     progress: Arc<Progress>,
-    /// Offset last stored for commit.
-    stored: i64,
-    /// Records taken from Kafka while the queue was full (the partition is paused).
-    overflow: VecDeque<OwnedMessage>,
 }
 
 /// Consumer context: owns the partition workers and handles rebalances.
@@ -39,7 +39,8 @@ pub struct IngestContext {
     topic: String,
     rt: tokio::runtime::Handle,
     slots: Mutex<HashMap<i32, Slot>>,
-    spawn: SpawnWorker,
+    spawn: OnceLock<SpawnWorker>,
+    consumer: OnceLock<Weak<BaseConsumer<IngestContext>>>,
     drain_timeout: Duration,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
@@ -49,7 +50,6 @@ impl IngestContext {
     pub fn new(
         topic: String,
         rt: tokio::runtime::Handle,
-        spawn: SpawnWorker,
         drain_timeout: Duration,
         metrics: Arc<Metrics>,
         health: Arc<Health>,
@@ -58,17 +58,31 @@ impl IngestContext {
             topic,
             rt,
             slots: Mutex::new(HashMap::new()),
-            spawn,
+            spawn: OnceLock::new(),
+            consumer: OnceLock::new(),
             drain_timeout,
             metrics,
             health,
         }
     }
 
+    /// Completes the context once the consumer exists (the queues are split from it).
+    pub fn attach(&self, consumer: &Arc<BaseConsumer<IngestContext>>, spawn: SpawnWorker) {
+        let _ = self.consumer.set(Arc::downgrade(consumer));
+        let _ = self.spawn.set(spawn);
+    }
+
+    /// The assignment table. A panic while it was held cannot leave it half-updated (every
+    /// change is one insert or remove), so a poisoned lock is taken over, not fatal.
+    fn slots(&self) -> MutexGuard<'_, HashMap<i32, Slot>> {
+        self.slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Progress of every assigned partition (for the lag monitor and staleness).
     pub fn assigned(&self) -> Vec<(i32, Arc<Progress>)> {
-        let slots = self.slots.lock().expect("slots lock");
-        slots
+        self.slots()
             .iter()
             .map(|(p, s)| (*p, s.progress.clone()))
             .collect()
@@ -77,32 +91,88 @@ impl IngestContext {
     /// Runs `f` only if `partition` is still assigned, holding the assignment lock, so a
     /// partition's series are never re-created after its revoke removed them.
     pub fn if_assigned(&self, partition: i32, f: impl FnOnce(&Progress)) {
-        let slots = self.slots.lock().expect("slots lock");
-        if let Some(s) = slots.get(&partition) {
+        if let Some(s) = self.slots().get(&partition) {
             f(&s.progress);
         }
     }
 
     /// Runs `f` for every assigned partition, holding the assignment lock.
     pub fn for_each_assigned(&self, mut f: impl FnMut(i32, &Progress)) {
-        let slots = self.slots.lock().expect("slots lock");
-        for (p, s) in slots.iter() {
+        for (p, s) in self.slots().iter() {
             f(*p, &s.progress);
         }
     }
 
-    fn tpl(&self, partition: i32, offset: Option<i64>) -> TopicPartitionList {
-        let mut tpl = TopicPartitionList::new();
-        let o = offset.map_or(Offset::Invalid, Offset::Offset);
-        let _ = tpl.add_partition_offset(&self.topic, partition, o);
-        tpl
+    /// A partition whose worker ended while still assigned (it panicked): the process can no
+    /// longer make progress on it.
+    pub fn dead_worker(&self) -> Option<i32> {
+        self.slots()
+            .iter()
+            .find(|(_, s)| s.join.is_finished() && !s.stop.is_cancelled())
+            .map(|(p, _)| *p)
     }
 
-    /// Closes the queues of `partitions`, waits for their workers within the deadline, stores
-    /// their final positions and commits synchronously.
+    fn partitions_of(&self, tpl: &TopicPartitionList) -> Vec<i32> {
+        tpl.elements_for_topic(&self.topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect()
+    }
+
+    /// Splits each new partition's queue off the shared consumer queue. Done before the
+    /// assignment, so fetching starts straight into the partition's own queue.
+    fn split(&self, partitions: &[i32]) -> Vec<(i32, Queue)> {
+        let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else {
+            return Vec::new();
+        };
+        let slots = self.slots();
+        partitions
+            .iter()
+            .filter(|p| !slots.contains_key(p))
+            .filter_map(|&p| match consumer.split_partition_queue(&self.topic, p) {
+                Some(q) => Some((p, q)),
+                None => {
+                    tracing::error!(partition = p, "could not split the partition's queue");
+                    None
+                }
+            })
+            .collect()
+    }
+
+    fn start_workers(&self, queues: Vec<(i32, Queue)>) {
+        let Some(spawn) = self.spawn.get() else {
+            return;
+        };
+        let mut slots = self.slots();
+        let mut added = Vec::new();
+        for (p, queue) in queues {
+            let progress = Arc::new(Progress::new());
+            let stop = CancellationToken::new();
+            let _guard = self.rt.enter();
+            let join = spawn(p, queue, progress.clone(), stop.clone());
+            slots.insert(
+                p,
+                Slot {
+                    join,
+                    stop,
+                    progress,
+                },
+            );
+            self.metrics
+                .partition_assigned
+                .with_label_values(&[&p.to_string()])
+                .set(1);
+            added.push(p);
+        }
+        self.metrics.assigned_partitions.set(slots.len() as i64);
+        tracing::info!(partitions = ?added, total = slots.len(), "partitions assigned");
+    }
+
+    /// Stops the workers of `partitions`, waits for their in-flight writes within the
+    /// deadline (their acknowledged offsets are stored as they go) and commits synchronously.
     fn drain(&self, consumer: &BaseConsumer<IngestContext>, partitions: &[i32]) {
         let drained: Vec<(i32, Slot)> = {
-            let mut slots = self.slots.lock().expect("slots lock");
+            let mut slots = self.slots();
             partitions
                 .iter()
                 .filter_map(|p| slots.remove(p).map(|s| (*p, s)))
@@ -112,12 +182,11 @@ impl IngestContext {
             return;
         }
         let mut joins = Vec::new();
-        let mut positions = Vec::new();
-        for (p, slot) in drained {
-            // Dropping the sender closes the queue: the worker finishes what it holds.
-            drop(slot.tx);
+        for (_, slot) in &drained {
+            slot.stop.cancel();
+        }
+        for (_, slot) in drained {
             joins.push(slot.join);
-            positions.push((p, slot.progress, slot.stored));
         }
         let aborts: Vec<_> = joins.iter().map(JoinHandle::abort_handle).collect();
         let deadline = self.drain_timeout;
@@ -135,115 +204,40 @@ impl IngestContext {
                 a.abort();
             }
         }
-        let mut tpl = TopicPartitionList::new();
-        for (p, progress, stored) in &positions {
-            let acked = progress
-                .acked_next
-                .load(std::sync::atomic::Ordering::Relaxed);
-            if acked > *stored {
-                let _ = tpl.add_partition_offset(&self.topic, *p, Offset::Offset(acked));
-            }
-        }
-        if tpl.count() > 0 {
-            if let Err(e) = consumer.store_offsets(&tpl) {
-                tracing::warn!(error = %e, "storing final offsets failed");
-            }
-        }
         match consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) => {}
-            Err(KafkaError::ConsumerCommit(rdkafka::error::RDKafkaErrorCode::NoOffset)) => {}
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
             Err(e) => {
                 self.metrics.kafka_error("commit");
                 tracing::warn!(error = %e, "commit on drain failed");
             }
         }
-        for (p, _, _) in &positions {
+        for p in partitions {
             self.metrics.forget_partition(*p);
         }
         self.metrics
             .assigned_partitions
-            .set(self.slots.lock().expect("slots lock").len() as i64);
+            .set(self.slots().len() as i64);
         tracing::info!(partitions = ?partitions, "partitions drained and committed");
     }
 
-    /// Hands a record to its partition's worker, pausing the partition when the queue is full.
-    fn dispatch(&self, consumer: &BaseConsumer<IngestContext>, msg: OwnedMessage) {
-        let p = msg.partition();
-        let mut slots = self.slots.lock().expect("slots lock");
-        let Some(slot) = slots.get_mut(&p) else {
-            tracing::warn!(
-                partition = p,
-                "record for a partition without a worker; it will be re-read by its owner"
-            );
-            return;
-        };
-        if !slot.overflow.is_empty() {
-            slot.overflow.push_back(msg);
-            return;
-        }
-        match slot.tx.try_send(msg) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(msg)) => {
-                tracing::debug!(
-                    partition = p,
-                    offset = msg.offset(),
-                    "queue full; pausing partition"
-                );
-                slot.overflow.push_back(msg);
-                self.metrics.partition_pauses.inc();
-                if let Err(e) = consumer.pause(&self.tpl(p, None)) {
-                    tracing::warn!(partition = p, error = %e, "pause failed");
-                }
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                // The worker stopped (fenced): another process owns the partition now.
-            }
+    fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) -> KafkaResult<()> {
+        match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_assign(tpl),
+            _ => consumer.assign(tpl),
         }
     }
 
-    /// Moves held records into queues with room again, resuming those partitions, and stores
-    /// newly acknowledged positions.
-    fn housekeeping(&self, consumer: &BaseConsumer<IngestContext>) {
-        let mut slots = self.slots.lock().expect("slots lock");
-        let mut store = TopicPartitionList::new();
-        for (p, slot) in slots.iter_mut() {
-            // Hysteresis: refill only once half the queue is free, so a busy partition is not
-            // paused and resumed (a fetch round trip each time) for every few records.
-            if !slot.overflow.is_empty() && slot.tx.capacity() * 2 >= slot.tx.max_capacity() {
-                while let Some(m) = slot.overflow.pop_front() {
-                    match slot.tx.try_send(m) {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(m)) => {
-                            slot.overflow.push_front(m);
-                            break;
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => {
-                            slot.overflow.clear();
-                        }
-                    }
-                }
-                if slot.overflow.is_empty() {
-                    tracing::debug!(partition = p, "queue has room; resuming partition");
-                    if let Err(e) = consumer.resume(&self.tpl(*p, None)) {
-                        tracing::warn!(partition = p, error = %e, "resume failed");
-                    }
-                }
-            }
-            let acked = slot
-                .progress
-                .acked_next
-                .load(std::sync::atomic::Ordering::Relaxed);
-            if acked > slot.stored {
-                let _ = store.add_partition_offset(&self.topic, *p, Offset::Offset(acked));
-                slot.stored = acked;
-            }
+    fn unassign(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) -> KafkaResult<()> {
+        match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
+            _ => consumer.unassign(),
         }
-        drop(slots);
-        if store.count() > 0 {
-            if let Err(e) = consumer.store_offsets(&store) {
-                tracing::warn!(error = %e, "storing offsets failed");
-            }
-        }
+    }
+
+    fn joined(&self) {
+        self.health
+            .joined
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -256,81 +250,85 @@ impl ClientContext for IngestContext {
 }
 
 impl ConsumerContext for IngestContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            self.metrics.rebalances.with_label_values(&["revoke"]).inc();
-            let parts: Vec<i32> = tpl
-                .elements_for_topic(&self.topic)
-                .iter()
-                .map(|e| e.partition())
-                .collect();
-            tracing::info!(partitions = ?parts, lost = consumer.assignment_lost(), "partitions revoked; draining");
-            self.drain(consumer, &parts);
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let partitions = self.partitions_of(tpl);
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.metrics.rebalances.with_label_values(&["assign"]).inc();
+                let queues = self.split(&partitions);
+                if let Err(e) = self.assign(consumer, tpl) {
+                    self.metrics.kafka_error("client");
+                    tracing::error!(error = %e, ?partitions, "assign failed");
+                }
+                self.start_workers(queues);
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.metrics.rebalances.with_label_values(&["revoke"]).inc();
+                tracing::info!(
+                    ?partitions,
+                    lost = consumer.assignment_lost(),
+                    "partitions revoked; draining"
+                );
+                self.drain(consumer, &partitions);
+                if let Err(e) = self.unassign(consumer, tpl) {
+                    tracing::warn!(error = %e, ?partitions, "unassign failed");
+                }
+            }
+            other => {
+                // librdkafka gives the partitions up (as rdkafka's default handler does): the
+                // workers must not outlive them.
+                self.metrics.rebalances.with_label_values(&["error"]).inc();
+                tracing::warn!(error = ?other, ?partitions, "rebalance error; giving the partitions up");
+                self.drain(consumer, &partitions);
+                if let Err(e) = self.unassign(consumer, tpl) {
+                    tracing::warn!(error = %e, "unassign after a rebalance error failed");
+                }
+            }
         }
+        self.joined();
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(tpl) => {
-                self.metrics.rebalances.with_label_values(&["assign"]).inc();
-                let mut slots = self.slots.lock().expect("slots lock");
-                let mut added = Vec::new();
-                for e in tpl.elements_for_topic(&self.topic) {
-                    let p = e.partition();
-                    if slots.contains_key(&p) {
-                        continue;
-                    }
-                    let progress = Arc::new(Progress::new());
-                    let _guard = self.rt.enter();
-                    let (tx, join) = (self.spawn)(p, progress.clone());
-                    slots.insert(
-                        p,
-                        Slot {
-                            tx,
-                            join,
-                            progress,
-                            stored: -1,
-                            overflow: VecDeque::new(),
-                        },
-                    );
-                    self.metrics
-                        .partition_assigned
-                        .with_label_values(&[&p.to_string()])
-                        .set(1);
-                    added.push(p);
-                }
-                self.metrics.assigned_partitions.set(slots.len() as i64);
-                self.health
-                    .joined
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-                tracing::info!(partitions = ?added, total = slots.len(), "partitions assigned");
-            }
-            Rebalance::Revoke(_) => {
-                self.health
-                    .joined
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-            Rebalance::Error(e) => {
-                self.metrics.rebalances.with_label_values(&["error"]).inc();
-                tracing::warn!(error = %e, "rebalance error");
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => {
+                self.metrics.kafka_error("commit");
+                tracing::warn!(error = %e, "offset commit failed (it is retried with the next one)");
             }
         }
     }
 }
 
-/// The poll loop; returns after `stop` is set, with every partition drained and committed.
-pub fn poll_loop(
-    consumer: &BaseConsumer<IngestContext>,
-    stop: &tokio_util::sync::CancellationToken,
-) {
+/// Why the poll loop ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PollEnd {
+    /// `stop` was set; every partition was drained and committed.
+    Stopped,
+    /// A partition's worker ended while still assigned (a bug): the process must restart.
+    DeadWorker(i32),
+}
+
+/// The poll loop; returns after `stop` is set (or a worker died), with every partition drained
+/// and committed.
+pub fn poll_loop(consumer: &BaseConsumer<IngestContext>, stop: &CancellationToken) -> PollEnd {
     let ctx = consumer.context();
+    let mut end = PollEnd::Stopped;
+    let mut last_check = std::time::Instant::now();
     while !stop.is_cancelled() {
-        ctx.housekeeping(consumer);
-        match consumer.poll(Duration::from_millis(50)) {
+        match consumer.poll(Duration::from_millis(100)) {
             None => {}
             Some(Ok(m)) => {
-                ctx.health.kafka.ok();
-                ctx.dispatch(consumer, m.detach());
+                // Every assigned partition has its own queue; a record here is a bug.
+                ctx.metrics.kafka_error("consume");
+                tracing::error!(
+                    partition = rdkafka::Message::partition(&m),
+                    "record on the shared queue; it will be re-read by its owner"
+                );
             }
             Some(Err(e)) => {
                 ctx.metrics.kafka_error("consume");
@@ -338,8 +336,20 @@ pub fn poll_loop(
                 tracing::warn!(error = %e, "consume error");
             }
         }
+        if last_check.elapsed() >= Duration::from_secs(1) {
+            last_check = std::time::Instant::now();
+            if let Some(p) = ctx.dead_worker() {
+                tracing::error!(
+                    partition = p,
+                    "a partition worker ended while its partition is assigned"
+                );
+                end = PollEnd::DeadWorker(p);
+                break;
+            }
+        }
     }
     let all: Vec<i32> = ctx.assigned().into_iter().map(|(p, _)| p).collect();
     ctx.drain(consumer, &all);
     consumer.unsubscribe();
+    end
 }

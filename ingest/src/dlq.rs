@@ -4,7 +4,7 @@
 
 use base64::Engine;
 use dashstream::codec::InvalidRecord;
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -14,8 +14,8 @@ use std::time::Duration;
 pub const HEAD_BYTES: usize = 64;
 
 /// Builds the DLQ document of `msg`.
-pub fn document(
-    msg: &OwnedMessage,
+pub fn document<M: Message>(
+    msg: &M,
     err: &InvalidRecord,
     include_value: bool,
     instance: &str,
@@ -51,6 +51,22 @@ pub fn document(
     doc
 }
 
+/// One invalid record, ready to be dead-lettered: its document is built while the record is
+/// still borrowed from librdkafka, so nothing else of it is kept.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub doc: String,
+}
+
+impl DeadLetter {
+    /// Bytes held (counted against the write chunk's byte bound).
+    pub fn size(&self) -> usize {
+        self.doc.len() + self.key.as_ref().map_or(0, Vec::len)
+    }
+}
+
 /// The DLQ producer.
 pub struct Dlq {
     pub producer: FutureProducer,
@@ -60,11 +76,20 @@ pub struct Dlq {
 }
 
 impl Dlq {
+    /// The dead letter of `msg`.
+    pub fn letter<M: Message>(&self, msg: &M, err: &InvalidRecord) -> DeadLetter {
+        DeadLetter {
+            offset: msg.offset(),
+            key: msg.key().map(<[u8]>::to_vec),
+            doc: document(msg, err, self.include_value, &self.instance).to_string(),
+        }
+    }
+
     /// Sends one document and waits for the broker's acknowledgement.
-    pub async fn send(&self, msg: &OwnedMessage, err: &InvalidRecord) -> Result<(), String> {
-        let doc = document(msg, err, self.include_value, &self.instance).to_string();
-        let mut rec: FutureRecord<'_, [u8], str> = FutureRecord::to(&self.topic).payload(&doc);
-        if let Some(k) = msg.key() {
+    pub async fn send(&self, letter: &DeadLetter) -> Result<(), String> {
+        let mut rec: FutureRecord<'_, [u8], str> =
+            FutureRecord::to(&self.topic).payload(&letter.doc);
+        if let Some(k) = &letter.key {
             rec = rec.key(k);
         }
         self.producer
@@ -79,7 +104,7 @@ impl Dlq {
 mod tests {
     use super::*;
     use dashstream::codec::Reason;
-    use rdkafka::message::Timestamp;
+    use rdkafka::message::{OwnedMessage, Timestamp};
 
     #[test]
     fn document_has_the_documented_fields() {

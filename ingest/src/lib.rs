@@ -19,15 +19,15 @@ pub mod worker;
 
 pub use config::{IngestArgs, IngestSettings, OffsetReset, PipelineOptions};
 
-use consumer::{IngestContext, SpawnWorker};
+use consumer::{IngestContext, PollEnd, SpawnWorker};
+use dashstream::backoff::Backoff;
 use dashstream::http::OpsState;
 use dashstream::keys::StreamKeys;
-use dashstream::seq::SequenceTracker;
 use metrics::Metrics;
 use prometheus::Registry;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use state::Health;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -38,12 +38,26 @@ pub enum IngestError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("KAFKA_DLQ_TOPIC (--kafka-dlq-topic): the dead-letter topic {0:?} does not exist (create it with `dashstream provision`)")]
+    DlqTopicMissing(String),
     #[error("a pipeline thread failed: {0}")]
     Thread(String),
 }
 
+impl IngestError {
+    /// A setting is wrong (the binary exits 64), rather than a failure at run time.
+    pub fn is_config(&self) -> bool {
+        matches!(self, IngestError::DlqTopicMissing(_))
+    }
+}
+
+/// How long one Kafka metadata request may take.
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Runs the ingest until `shutdown` is cancelled, then drains and commits within the drain
-/// deadline. `listener` serves the operations endpoints.
+/// deadline. `listener` serves the operations endpoints. A pipeline thread or partition
+/// worker that dies ends the run with an error (after draining what it can), so the process
+/// exits non-zero instead of staying up without making progress.
 pub async fn run(
     settings: IngestSettings,
     registry: Registry,
@@ -54,6 +68,7 @@ pub async fn run(
     let health = Arc::new(Health::default());
     let options = Arc::new(settings.options.clone());
     let keys = StreamKeys::new(&settings.redis.key_prefix, &settings.topic);
+    let stop = shutdown.child_token();
 
     // The operations endpoints answer from the start: /healthz 200, /readyz 503 with reasons.
     let consumer_cell: Arc<std::sync::OnceLock<Arc<BaseConsumer<IngestContext>>>> =
@@ -73,28 +88,13 @@ pub async fn run(
     });
     let http_stop = CancellationToken::new();
     let http = tokio::spawn(dashstream::http::serve(listener, ops, http_stop.clone()));
-
-    // Redis: one multiplexed, self-reconnecting connection shared by all partition workers.
-    let redis = tokio::select! {
-        _ = shutdown.cancelled() => {
-            http_stop.cancel();
-            return Ok(());
-        }
-        c = connect_redis(&settings, &health, &metrics) => c,
+    let stopped_early = |http_stop: CancellationToken| {
+        http_stop.cancel();
+        Ok(())
     };
-    let redis_ping = tokio::spawn(ping_redis(
-        redis.clone(),
-        health.clone(),
-        settings.redis.command_timeout,
-        shutdown.clone(),
-    ));
 
-    let dlq = Arc::new(dlq::Dlq {
-        producer: dashstream::produce::producer(&settings.kafka)?,
-        topic: settings.dlq_topic.clone(),
-        include_value: options.dlq_include_value,
-        instance: options.instance_id.clone(),
-    });
+    // Kafka first: a client of the group that never subscribes (lag, watermarks, committed
+    // offsets, metadata). The DLQ topic must exist before any record can be dead-lettered.
     let lag_client: Arc<BaseConsumer> = Arc::new(
         settings
             .kafka
@@ -103,48 +103,38 @@ pub async fn run(
             .set("enable.auto.commit", "false")
             .create()?,
     );
-    let watermark_client = lag_client.clone();
-    let topic_for_wm = settings.topic.clone();
-    let watermarks: worker::Watermarks = Arc::new(move |p| {
-        watermark_client
-            .fetch_watermarks(&topic_for_wm, p, Duration::from_secs(5))
-            .map_err(|e| e.to_string())
+    let Some(dlq_exists) =
+        topic_exists(&lag_client, &settings.dlq_topic, &health, &metrics, &stop).await
+    else {
+        return stopped_early(http_stop);
+    };
+    if !dlq_exists {
+        http_stop.cancel();
+        return Err(IngestError::DlqTopicMissing(settings.dlq_topic.clone()));
+    }
+
+    // Redis: one multiplexed, self-reconnecting connection shared by all partition workers.
+    let redis = tokio::select! {
+        _ = stop.cancelled() => return stopped_early(http_stop),
+        c = connect_redis(&settings, &health, &metrics) => c,
+    };
+    let redis_ping = tokio::spawn(ping_redis(
+        redis.clone(),
+        health.clone(),
+        settings.redis.command_timeout,
+        stop.clone(),
+    ));
+
+    let dlq = Arc::new(dlq::Dlq {
+        producer: dashstream::produce::producer(&settings.kafka)?,
+        topic: settings.dlq_topic.clone(),
+        include_value: options.dlq_include_value,
+        instance: options.instance_id.clone(),
     });
 
-    let sequences = Arc::new(Mutex::new(SequenceTracker::new(options.sequence_capacity)));
-    let owner_base = format!("{}:{}", options.instance_id, uuid::Uuid::new_v4());
-    let claims = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let spawn: SpawnWorker = {
-        let (metrics, health, options) = (metrics.clone(), health.clone(), options.clone());
-        let timeout = settings.redis.command_timeout;
-        Box::new(move |partition, progress| {
-            let (tx, rx) = tokio::sync::mpsc::channel(options.partition_queue);
-            let n = claims.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let w = worker::Worker {
-                partition,
-                store: store::PartitionStore::new(
-                    redis.clone(),
-                    &keys,
-                    partition,
-                    options.stream_maxlen,
-                    timeout,
-                ),
-                owner: format!("{owner_base}:{n}"),
-                dlq: dlq.clone(),
-                metrics: metrics.clone(),
-                options: options.clone(),
-                progress,
-                health: health.clone(),
-                sequences: sequences.clone(),
-                watermarks: watermarks.clone(),
-            };
-            (tx, tokio::spawn(w.run(rx)))
-        })
-    };
     let ctx = IngestContext::new(
         settings.topic.clone(),
         tokio::runtime::Handle::current(),
-        spawn,
         options.drain_timeout,
         metrics.clone(),
         health.clone(),
@@ -162,15 +152,62 @@ pub async fn run(
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
         .set("max.poll.interval.ms", "300000")
-        .set("queued.max.messages.kbytes", "65536")
+        // Each partition has its own queue, so these bound each partition's buffer.
+        .set(
+            "queued.max.messages.kbytes",
+            options.partition_buffer_kb.to_string(),
+        )
+        .set("queued.min.messages", "100000")
+        // A full partition queue is checked again soon, not after librdkafka's default 1 s.
+        .set("fetch.queue.backoff.ms", "10")
         .set("enable.partition.eof", "false")
         .create_with_context(ctx)?;
-    consumer.subscribe(&[&settings.topic])?;
     let consumer = Arc::new(consumer);
+    let owner_base = format!("{}:{}", options.instance_id, uuid::Uuid::new_v4());
+    let claims = std::sync::atomic::AtomicU64::new(0);
+    let spawn: SpawnWorker = {
+        let (metrics, health, options) = (metrics.clone(), health.clone(), options.clone());
+        let timeout = settings.redis.command_timeout;
+        let weak = Arc::downgrade(&consumer);
+        let (lag_client, topic) = (lag_client.clone(), settings.topic.clone());
+        Box::new(move |partition, queue, progress, stop| {
+            let n = claims.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(consumer) = weak.upgrade() else {
+                return tokio::spawn(async {});
+            };
+            let w = worker::Worker {
+                partition,
+                queue,
+                kafka: worker::PartitionKafka {
+                    consumer,
+                    client: lag_client.clone(),
+                    topic: topic.clone(),
+                    partition,
+                },
+                store: store::PartitionStore::new(
+                    redis.clone(),
+                    &keys,
+                    partition,
+                    options.stream_maxlen,
+                    timeout,
+                ),
+                owner: format!("{owner_base}:{n}"),
+                dlq: dlq.clone(),
+                metrics: metrics.clone(),
+                options: options.clone(),
+                progress,
+                health: health.clone(),
+            };
+            tokio::spawn(w.run(stop))
+        })
+    };
+    consumer.context().attach(&consumer, spawn);
+    consumer.subscribe(&[&settings.topic])?;
     tracing::info!(topic = %settings.topic, group = %settings.group_id, "ingest started");
-
     let _ = consumer_cell.set(consumer.clone());
 
+    // The two pipeline threads report their end; one ending before `stop` is fatal.
+    let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel::<(&'static str, String)>();
     let lag_thread = {
         let monitor = lag::LagMonitor {
             client: lag_client,
@@ -180,23 +217,53 @@ pub async fn run(
             interval: options.lag_interval,
             earliest: settings.auto_offset_reset == OffsetReset::Earliest,
         };
-        let (consumer, stop) = (consumer.clone(), shutdown.clone());
+        let (consumer, stop, tx) = (consumer.clone(), stop.clone(), ended_tx.clone());
         std::thread::Builder::new()
             .name("lag".into())
-            .spawn(move || monitor.run(consumer.context(), &stop))
-            .map_err(|e| IngestError::Thread(e.to_string()))?
-    };
-    let poll_thread = {
-        let stop = shutdown.clone();
-        std::thread::Builder::new()
-            .name("kafka-poll".into())
             .spawn(move || {
-                consumer::poll_loop(&consumer, &stop);
-                drop(consumer);
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    monitor.run(consumer.context(), &stop)
+                }));
+                let _ = tx.send((
+                    "lag",
+                    match r {
+                        Ok(()) => "returned".into(),
+                        Err(_) => "panicked".into(),
+                    },
+                ));
             })
             .map_err(|e| IngestError::Thread(e.to_string()))?
     };
-    shutdown.cancelled().await;
+    let poll_thread = {
+        let (stop, tx, consumer) = (stop.clone(), ended_tx, consumer.clone());
+        std::thread::Builder::new()
+            .name("kafka-poll".into())
+            .spawn(move || {
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    consumer::poll_loop(&consumer, &stop)
+                }));
+                let _ = tx.send((
+                    "kafka-poll",
+                    match r {
+                        Ok(PollEnd::Stopped) => "returned".into(),
+                        Ok(PollEnd::DeadWorker(p)) => format!("the worker of partition {p} died"),
+                        Err(_) => "panicked".into(),
+                    },
+                ));
+            })
+            .map_err(|e| IngestError::Thread(e.to_string()))?
+    };
+    drop(consumer);
+    let failure = tokio::select! {
+        _ = stop.cancelled() => None,
+        Some((thread, how)) = ended.recv() => {
+            let why = format!("the {thread} thread ended ({how}) while the ingest was running");
+            health.fail(why.clone());
+            tracing::error!("{why}; draining and exiting");
+            stop.cancel();
+            Some(why)
+        }
+    };
     let joined = tokio::task::spawn_blocking(move || {
         let a = poll_thread.join();
         let b = lag_thread.join();
@@ -207,9 +274,51 @@ pub async fn run(
     let _ = http.await;
     redis_ping.abort();
     tracing::info!("ingest stopped");
+    if let Some(why) = failure {
+        return Err(IngestError::Thread(why));
+    }
     match joined {
         Ok(Ok(())) => Ok(()),
         _ => Err(IngestError::Thread("poll or lag thread panicked".into())),
+    }
+}
+
+/// Whether `topic` exists; waits (with backoff, counted) while Kafka cannot be asked. `None`
+/// when stopped first.
+async fn topic_exists(
+    client: &Arc<BaseConsumer>,
+    topic: &str,
+    health: &Health,
+    metrics: &Metrics,
+    stop: &CancellationToken,
+) -> Option<bool> {
+    let mut backoff = Backoff::new();
+    loop {
+        let (c, t) = (client.clone(), topic.to_string());
+        let md = tokio::task::spawn_blocking(move || {
+            c.fetch_metadata(Some(&t), KAFKA_TIMEOUT).map(|md| {
+                md.topics()
+                    .first()
+                    .is_some_and(|t| t.error().is_none() && !t.partitions().is_empty())
+            })
+        })
+        .await;
+        match md {
+            Ok(Ok(exists)) => {
+                health.kafka.ok();
+                return Some(exists);
+            }
+            Ok(Err(e)) => {
+                metrics.kafka_error("client");
+                health.kafka.failed(e.to_string());
+                tracing::warn!(error = %e, "kafka unreachable at start-up; retrying");
+            }
+            Err(e) => tracing::warn!(error = %e, "metadata request failed; retrying"),
+        }
+        tokio::select! {
+            _ = backoff.wait() => {}
+            _ = stop.cancelled() => return None,
+        }
     }
 }
 
@@ -218,7 +327,7 @@ async fn connect_redis(
     health: &Health,
     metrics: &Metrics,
 ) -> redis::aio::ConnectionManager {
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::new();
     loop {
         match settings.redis.connect().await {
             Ok(c) => return c,
@@ -226,13 +335,11 @@ async fn connect_redis(
                 metrics.redis_error("connection");
                 health.redis.failed(e.to_string());
                 tracing::warn!(error = %e, "redis unreachable at start-up; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                backoff.wait().await;
             }
         }
     }
 }
-
 async fn ping_redis(
     mut conn: redis::aio::ConnectionManager,
     health: Arc<Health>,

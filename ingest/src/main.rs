@@ -35,6 +35,11 @@ async fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is_config() => {
+            eprintln!("{e}");
+            tracing::error!(error = %e, "ingest cannot start");
+            ExitCode::from(EXIT_CONFIG as u8)
+        }
         Err(e) => {
             tracing::error!(error = %e, "ingest failed");
             ExitCode::FAILURE

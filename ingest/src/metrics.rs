@@ -13,6 +13,10 @@ const NS: &str = "dashstream_ingest";
 pub struct Metrics {
     /// Kafka records by outcome: written | duplicate | dlq.
     pub records: IntCounterVec,
+    pub records_written: IntCounter,
+    pub records_duplicate: IntCounter,
+    pub records_dlq: IntCounter,
+    invalid_by_reason: Vec<IntCounter>,
     pub events_written: IntCounter,
     /// Processing errors: records that failed decoding or validation, by reason.
     pub invalid_records: IntCounterVec,
@@ -30,34 +34,94 @@ pub struct Metrics {
     pub e2e_latency: Histogram,
     pub clock_skew: IntCounter,
     pub sequence: IntCounterVec,
+    pub sequence_gap: IntCounter,
+    pub sequence_duplicate: IntCounter,
+    pub sequence_reorder: IntCounter,
     pub sequence_tracked_threads: IntGauge,
     pub stream_resets: IntCounterVec,
     pub fenced: IntCounter,
-    pub partition_pauses: IntCounter,
+    pub reclaims: IntCounter,
+    pub redis_rollbacks: IntCounterVec,
+    pub write_conflicts: IntCounterVec,
     pub drain_timeouts: IntCounter,
 }
 
+/// Reasons of `stream_resets_total`.
+pub const RESET_REASONS: [&str; 5] = [
+    "flushed",
+    "topic_recreated",
+    "meta_lost",
+    "redis_rollback",
+    "offset_reset",
+];
+
+/// One partition worker's handles (labelled series looked up once) and its log limiter.
+pub struct PartitionMetrics {
+    pub acked_offset: IntGauge,
+    tracked: IntGauge,
+    log_window: std::time::Instant,
+    logged: u32,
+}
+
+/// Invalid-record warnings logged per partition per 10 s (the rest are only counted).
+const INVALID_LOGS_PER_WINDOW: u32 = 10;
+
+impl PartitionMetrics {
+    /// Whether to log one more invalid record now.
+    pub fn should_log_invalid(&mut self) -> bool {
+        if self.log_window.elapsed() >= std::time::Duration::from_secs(10) {
+            self.log_window = std::time::Instant::now();
+            self.logged = 0;
+        }
+        self.logged += 1;
+        self.logged <= INVALID_LOGS_PER_WINDOW
+    }
+
+    /// The worker's sequence tracker (holding `threads`) is dropped.
+    pub fn forget_sequences(&self, threads: usize) {
+        self.tracked.sub(threads as i64);
+    }
+}
+
 pub const REDIS_ERROR_KINDS: [&str; 4] = ["connection", "timeout", "server", "other"];
-pub const KAFKA_ERROR_KINDS: [&str; 4] = ["consume", "commit", "client", "watermarks"];
+pub const KAFKA_ERROR_KINDS: [&str; 5] = ["consume", "commit", "client", "watermarks", "seek"];
 
 impl Metrics {
     pub fn new(registry: &Registry) -> prometheus::Result<Self> {
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
             IntCounterVec::new(Opts::new(name, help).namespace(NS), labels)
         };
+        let records = counter_vec(
+            "records_total",
+            "Kafka records handled, by outcome (written, duplicate: already in Redis, dlq)",
+            &["outcome"],
+        )?;
+        let invalid_records = counter_vec(
+            "invalid_records_total",
+            "Processing errors: records that failed decoding or validation, by reason",
+            &["reason"],
+        )?;
+        let sequence = counter_vec(
+            "sequence_anomalies_total",
+            "Per-thread sequence anomalies seen at ingest, by kind (gap, duplicate, reorder)",
+            &["kind"],
+        )?;
         let m = Self {
-            records: counter_vec(
-                "records_total",
-                "Kafka records handled, by outcome (written, duplicate: already in Redis, dlq)",
-                &["outcome"],
-            )?,
+            records_written: records.with_label_values(&["written"]),
+            records_duplicate: records.with_label_values(&["duplicate"]),
+            records_dlq: records.with_label_values(&["dlq"]),
+            records,
+            invalid_by_reason: Reason::ALL
+                .iter()
+                .map(|r| invalid_records.with_label_values(&[r.as_str()]))
+                .collect(),
+            invalid_records,
+            sequence_gap: sequence.with_label_values(&["gap"]),
+            sequence_duplicate: sequence.with_label_values(&["duplicate"]),
+            sequence_reorder: sequence.with_label_values(&["reorder"]),
+            sequence,
             events_written: IntCounter::with_opts(
                 Opts::new("events_written_total", "Events appended to Redis streams").namespace(NS),
-            )?,
-            invalid_records: counter_vec(
-                "invalid_records_total",
-                "Processing errors: records that failed decoding or validation, by reason",
-                &["reason"],
             )?,
             dlq_send_failures: IntCounter::with_opts(
                 Opts::new("dlq_send_failures_total", "Failed attempts to write a DLQ document")
@@ -131,18 +195,13 @@ impl Metrics {
                 )
                 .namespace(NS),
             )?,
-            sequence: counter_vec(
-                "sequence_anomalies_total",
-                "Per-thread sequence anomalies seen at ingest, by kind (gap, duplicate, reorder)",
-                &["kind"],
-            )?,
             sequence_tracked_threads: IntGauge::with_opts(
                 Opts::new("sequence_tracked_threads", "Threads in the bounded sequence tracker")
                     .namespace(NS),
             )?,
             stream_resets: counter_vec(
                 "stream_resets_total",
-                "New stream epochs started because history was lost, by reason (flushed, topic_recreated, meta_lost)",
+                "New stream epochs started because history was lost, by reason (flushed, topic_recreated, meta_lost, redis_rollback, offset_reset)",
                 &["reason"],
             )?,
             fenced: IntCounter::with_opts(
@@ -152,12 +211,22 @@ impl Metrics {
                 )
                 .namespace(NS),
             )?,
-            partition_pauses: IntCounter::with_opts(
+            reclaims: IntCounter::with_opts(
                 Opts::new(
-                    "partition_pauses_total",
-                    "Times fetching of a partition was paused because its queue was full",
+                    "reclaims_total",
+                    "Claims made again after a fence while this process still owned the partition",
                 )
                 .namespace(NS),
+            )?,
+            redis_rollbacks: counter_vec(
+                "redis_rollbacks_total",
+                "Times Redis was found holding less than was acknowledged, by action (reingest: re-read from Kafka; new_epoch: Kafka no longer had it)",
+                &["action"],
+            )?,
+            write_conflicts: counter_vec(
+                "write_conflicts_total",
+                "Writes whose expected stream position did not match, by kind (done: written by an earlier attempt; ahead: the stream held more)",
+                &["kind"],
             )?,
             drain_timeouts: IntCounter::with_opts(
                 Opts::new(
@@ -186,7 +255,9 @@ impl Metrics {
         registry.register(Box::new(m.sequence_tracked_threads.clone()))?;
         registry.register(Box::new(m.stream_resets.clone()))?;
         registry.register(Box::new(m.fenced.clone()))?;
-        registry.register(Box::new(m.partition_pauses.clone()))?;
+        registry.register(Box::new(m.reclaims.clone()))?;
+        registry.register(Box::new(m.redis_rollbacks.clone()))?;
+        registry.register(Box::new(m.write_conflicts.clone()))?;
         registry.register(Box::new(m.drain_timeouts.clone()))?;
         // Emit every labelled counter from the start, so alerts see 0 rather than nothing.
         for o in ["written", "duplicate", "dlq"] {
@@ -207,8 +278,14 @@ impl Metrics {
         for k in ["gap", "duplicate", "reorder"] {
             m.sequence.with_label_values(&[k]);
         }
-        for r in ["flushed", "topic_recreated", "meta_lost"] {
+        for r in RESET_REASONS {
             m.stream_resets.with_label_values(&[r]);
+        }
+        for a in ["reingest", "new_epoch"] {
+            m.redis_rollbacks.with_label_values(&[a]);
+        }
+        for k in ["done", "ahead"] {
+            m.write_conflicts.with_label_values(&[k]);
         }
         process_collector(registry);
         Ok(m)
@@ -221,6 +298,28 @@ impl Metrics {
         let _ = self.partition_staleness.remove_label_values(&[&p]);
         let _ = self.partition_assigned.remove_label_values(&[&p]);
         let _ = self.partition_acked_offset.remove_label_values(&[&p]);
+    }
+
+    /// The handles of one partition's worker.
+    pub fn partition(&self, partition: i32) -> PartitionMetrics {
+        PartitionMetrics {
+            acked_offset: self
+                .partition_acked_offset
+                .with_label_values(&[&partition.to_string()]),
+            tracked: self.sequence_tracked_threads.clone(),
+            log_window: std::time::Instant::now(),
+            logged: 0,
+        }
+    }
+
+    pub fn invalid(&self, reason: Reason) {
+        if let Some(i) = Reason::ALL.iter().position(|r| *r == reason) {
+            self.invalid_by_reason[i].inc();
+        }
+    }
+
+    pub fn stream_reset(&self, reason: &str) {
+        self.stream_resets.with_label_values(&[reason]).inc();
     }
 
     pub fn redis_error(&self, kind: &str) {

@@ -2,7 +2,7 @@
 //! readiness check: per-partition progress and the health of each dependency.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{LazyLock, Mutex};
+use std::sync::{LazyLock, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 static CLOCK: LazyLock<Instant> = LazyLock::new(Instant::now);
@@ -71,7 +71,7 @@ impl DependencyHealth {
         self.ok_ms.store(now_ms(), Ordering::Relaxed);
     }
     pub fn failed(&self, error: impl Into<String>) {
-        *self.error.lock().expect("health lock") = error.into();
+        *self.error.lock().unwrap_or_else(PoisonError::into_inner) = error.into();
     }
     /// `None` when healthy within `window`, else the reason.
     pub fn problem(&self, name: &str, window: Duration) -> Option<String> {
@@ -80,7 +80,11 @@ impl DependencyHealth {
         if fresh {
             return None;
         }
-        let err = self.error.lock().expect("health lock").clone();
+        let err = self
+            .error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         Some(if ok == 0 {
             format!("{name}: not reached yet {err}")
                 .trim_end()
@@ -103,11 +107,21 @@ pub struct Health {
     pub joined: AtomicBool,
     /// The topic exists in the cluster metadata.
     pub topic_missing: AtomicBool,
+    /// Set when a pipeline thread or worker died: the process is about to exit.
+    fatal: OnceLock<String>,
+}
+
+impl Health {
+    /// Marks the process as failed for good (readiness fails from now on).
+    pub fn fail(&self, why: String) {
+        let _ = self.fatal.set(why);
+    }
 }
 
 impl dashstream::http::Readiness for Health {
     fn check(&self) -> Result<(), Vec<String>> {
         let mut reasons = Vec::new();
+        reasons.extend(self.fatal.get().map(|w| format!("failed: {w}")));
         reasons.extend(self.redis.problem("redis", Duration::from_secs(3)));
         reasons.extend(self.kafka.problem("kafka", Duration::from_secs(10)));
         if self.topic_missing.load(Ordering::Relaxed) {
