@@ -289,7 +289,14 @@ fn publish(live: &Live, metrics: &Metrics, seq: &mut SequenceTracker, p: i32, re
     let Some(last) = read.entries.last() else {
         return;
     };
-    let newest_ingest_us = last.ingest_us;
+    // The ingest stamps `ts` on the last entry of each write only (older streams: on every
+    // entry), so the newest stamp of the read is the one to go by.
+    let newest_ingest_us = read
+        .entries
+        .iter()
+        .rev()
+        .find(|e| e.ingest_us > 0)
+        .map_or(0, |e| e.ingest_us);
     let last_id = last.id;
     let mut events = Vec::with_capacity(read.entries.len());
     for e in read.entries {
