@@ -23,6 +23,7 @@ pub const ENV_WRITE_BATCH_BYTES: &str = "INGEST_WRITE_BATCH_BYTES";
 pub const ENV_DLQ_CONCURRENCY: &str = "INGEST_DLQ_CONCURRENCY";
 pub const ENV_DRAIN_TIMEOUT_MS: &str = "INGEST_DRAIN_TIMEOUT_MS";
 pub const ENV_LAG_INTERVAL_MS: &str = "INGEST_LAG_INTERVAL_MS";
+pub const ENV_KAFKA_REQUEST_TIMEOUT_MS: &str = "INGEST_KAFKA_REQUEST_TIMEOUT_MS";
 pub const ENV_SEQUENCE_CAPACITY: &str = "INGEST_SEQUENCE_CAPACITY";
 pub const ENV_INSTANCE_ID: &str = "INGEST_INSTANCE_ID";
 
@@ -82,6 +83,10 @@ pub struct IngestArgs {
     /// How often lag is measured from the partition watermarks, in milliseconds.
     #[arg(long = "lag-interval-ms", env = ENV_LAG_INTERVAL_MS, default_value_t = 1_000)]
     pub lag_interval_ms: u64,
+    /// Deadline of one Kafka request of the ingest's own (watermarks, committed offsets,
+    /// metadata, seek), in milliseconds.
+    #[arg(long = "kafka-request-timeout-ms", env = ENV_KAFKA_REQUEST_TIMEOUT_MS, default_value_t = 5_000)]
+    pub kafka_request_timeout_ms: u64,
     /// Threads whose last sequence number is remembered per partition (LRU).
     #[arg(long = "sequence-capacity", env = ENV_SEQUENCE_CAPACITY, default_value_t = 100_000)]
     pub sequence_capacity: usize,
@@ -117,6 +122,7 @@ pub struct PipelineOptions {
     pub dlq_concurrency: usize,
     pub drain_timeout: Duration,
     pub lag_interval: Duration,
+    pub kafka_timeout: Duration,
     pub sequence_capacity: usize,
     pub instance_id: String,
 }
@@ -133,6 +139,7 @@ impl Default for PipelineOptions {
             dlq_concurrency: 8,
             drain_timeout: Duration::from_secs(10),
             lag_interval: Duration::from_secs(1),
+            kafka_timeout: Duration::from_secs(5),
             sequence_capacity: 100_000,
             instance_id: default_instance_id(),
         }
@@ -265,6 +272,12 @@ impl IngestArgs {
             self.lag_interval_ms,
             &mut errors,
         );
+        let kafka_timeout = positive_ms(
+            ENV_KAFKA_REQUEST_TIMEOUT_MS,
+            "kafka-request-timeout-ms",
+            self.kafka_request_timeout_ms,
+            &mut errors,
+        );
         match (kafka, redis, listen) {
             (Some(kafka), Some(redis), Some(listen)) if errors.is_empty() => Ok(IngestSettings {
                 kafka,
@@ -288,6 +301,7 @@ impl IngestArgs {
                     dlq_concurrency: self.dlq_concurrency,
                     drain_timeout,
                     lag_interval,
+                    kafka_timeout,
                     sequence_capacity: self.sequence_capacity,
                     instance_id: self.instance_id.clone().unwrap_or_else(default_instance_id),
                 },

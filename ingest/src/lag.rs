@@ -23,10 +23,10 @@ pub struct LagMonitor {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     pub interval: Duration,
+    /// Deadline of one Kafka request.
+    pub timeout: Duration,
     pub earliest: bool,
 }
-
-const TIMEOUT: Duration = Duration::from_secs(5);
 
 impl LagMonitor {
     /// Runs on its own thread (every call here blocks) until `stop`.
@@ -41,7 +41,7 @@ impl LagMonitor {
     }
 
     fn tick(&self, ctx: &IngestContext) {
-        match self.client.fetch_metadata(Some(&self.topic), TIMEOUT) {
+        match self.client.fetch_metadata(Some(&self.topic), self.timeout) {
             Ok(md) => {
                 self.health.kafka.ok();
                 let missing = md
@@ -56,7 +56,7 @@ impl LagMonitor {
             }
         }
         for (p, progress) in ctx.assigned() {
-            let (low, high) = match self.client.fetch_watermarks(&self.topic, p, TIMEOUT) {
+            let (low, high) = match self.client.fetch_watermarks(&self.topic, p, self.timeout) {
                 Ok(w) => w,
                 Err(e) => {
                     self.metrics.lag_poll_failures.inc();
@@ -96,7 +96,7 @@ impl LagMonitor {
     fn committed(&self, partition: i32) -> Option<i64> {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&self.topic, partition);
-        let got = self.client.committed_offsets(tpl, TIMEOUT).ok()?;
+        let got = self.client.committed_offsets(tpl, self.timeout).ok()?;
         match got.find_partition(&self.topic, partition)?.offset() {
             Offset::Offset(o) => Some(o),
             _ => None,

@@ -51,9 +51,6 @@ impl IngestError {
     }
 }
 
-/// How long one Kafka metadata request may take.
-const KAFKA_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// Runs the ingest until `shutdown` is cancelled, then drains and commits within the drain
 /// deadline. `listener` serves the operations endpoints. A pipeline thread or partition
 /// worker that dies ends the run with an error (after draining what it can), so the process
@@ -103,8 +100,15 @@ pub async fn run(
             .set("enable.auto.commit", "false")
             .create()?,
     );
-    let Some(dlq_exists) =
-        topic_exists(&lag_client, &settings.dlq_topic, &health, &metrics, &stop).await
+    let Some(dlq_exists) = topic_exists(
+        &lag_client,
+        &settings.dlq_topic,
+        options.kafka_timeout,
+        &health,
+        &metrics,
+        &stop,
+    )
+    .await
     else {
         return stopped_early(http_stop);
     };
@@ -183,6 +187,7 @@ pub async fn run(
                     client: lag_client.clone(),
                     topic: topic.clone(),
                     partition,
+                    timeout: options.kafka_timeout,
                 },
                 store: store::PartitionStore::new(
                     redis.clone(),
@@ -215,6 +220,7 @@ pub async fn run(
             metrics: metrics.clone(),
             health: health.clone(),
             interval: options.lag_interval,
+            timeout: options.kafka_timeout,
             earliest: settings.auto_offset_reset == OffsetReset::Earliest,
         };
         let (consumer, stop, tx) = (consumer.clone(), stop.clone(), ended_tx.clone());
@@ -288,6 +294,7 @@ pub async fn run(
 async fn topic_exists(
     client: &Arc<BaseConsumer>,
     topic: &str,
+    timeout: Duration,
     health: &Health,
     metrics: &Metrics,
     stop: &CancellationToken,
@@ -296,7 +303,7 @@ async fn topic_exists(
     loop {
         let (c, t) = (client.clone(), topic.to_string());
         let md = tokio::task::spawn_blocking(move || {
-            c.fetch_metadata(Some(&t), KAFKA_TIMEOUT).map(|md| {
+            c.fetch_metadata(Some(&t), timeout).map(|md| {
                 md.topics()
                     .first()
                     .is_some_and(|t| t.error().is_none() && !t.partitions().is_empty())

@@ -45,8 +45,6 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-/// How long a Kafka request of the worker (watermarks, committed offset, seek) may take.
-const KAFKA_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often an idle worker wakes to refresh its position (transaction markers, see `idle`).
 const IDLE_WAKE: Duration = Duration::from_secs(1);
 
@@ -61,6 +59,8 @@ pub struct PartitionKafka {
     pub client: Arc<BaseConsumer>,
     pub topic: String,
     pub partition: i32,
+    /// Deadline of one request.
+    pub timeout: Duration,
 }
 
 impl PartitionKafka {
@@ -77,11 +77,8 @@ impl PartitionKafka {
 
     /// (low, high) watermarks.
     pub async fn watermarks(&self) -> Result<(i64, i64), String> {
-        self.blocking(|k| {
-            k.client
-                .fetch_watermarks(&k.topic, k.partition, KAFKA_TIMEOUT)
-        })
-        .await
+        self.blocking(|k| k.client.fetch_watermarks(&k.topic, k.partition, k.timeout))
+            .await
     }
 
     /// The group's committed offset, if any.
@@ -89,7 +86,7 @@ impl PartitionKafka {
         self.blocking(|k| {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition(&k.topic, k.partition);
-            let got = k.client.committed_offsets(tpl, KAFKA_TIMEOUT)?;
+            let got = k.client.committed_offsets(tpl, k.timeout)?;
             Ok(
                 match got
                     .find_partition(&k.topic, k.partition)
@@ -107,7 +104,7 @@ impl PartitionKafka {
     pub async fn seek(&self, offset: i64) -> Result<(), String> {
         self.blocking(move |k| {
             k.consumer
-                .seek(&k.topic, k.partition, Offset::Offset(offset), KAFKA_TIMEOUT)
+                .seek(&k.topic, k.partition, Offset::Offset(offset), k.timeout)
         })
         .await
     }
