@@ -782,7 +782,6 @@ mod tests {
     use rand::seq::{IndexedRandom, SliceRandom};
     use rand::{Rng, SeedableRng};
     use std::collections::BTreeMap;
-    use std::time::{Duration, Instant};
 
     fn event(thread: &str, seq: u64) -> Event {
         Event {
@@ -1491,26 +1490,14 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "the prost path allocates ~555 MiB for this record (review M3)"]
-    fn bomb_verdict_matches_prost() {
-        let bomb = event_bomb(2_000_000);
-        let limits = Limits::default();
-        assert_eq!(
-            reference_decode(&bomb, &limits).unwrap_err(),
-            scan_record(&bomb, &limits).unwrap_err()
-        );
-    }
-
-    #[test]
     fn event_bomb_is_refused_before_decoding() {
         let bomb = event_bomb(2_000_000);
         assert!(bomb.len() < 1_000, "{} bytes", bomb.len());
-        let start = Instant::now();
+        // The old prost path allocated ~555 MiB before this verdict (review M3); the scan
+        // allocates nothing per event (the RSS bound is asserted by ingest/tests/decode_bomb.rs).
         let err = scan_record(&bomb, &Limits::default()).unwrap_err();
-        let took = start.elapsed();
         assert_eq!(err.reason, Reason::BatchTooLarge);
         assert_eq!(err.detail, "batch has 2000000 events; the limit is 1000");
-        assert!(took < Duration::from_secs(2), "took {took:?}");
         // A wire error after the events still wins, as with prost.
         let mut envelope = decompress(&bomb[1..], usize::MAX).unwrap();
         envelope.push(0x07); // a key with wire type 7
