@@ -601,16 +601,18 @@ impl IngestProc {
     }
 
     /// SIGTERM and wait for the exit (like [`IngestProc::stop`]), scraping `/metrics` every
-    /// 100 ms meanwhile; returns the last scrape, so counters of a stopped process (including
-    /// what its drain did) can still be checked.
-    pub async fn stop_with_last_metrics(&mut self) -> Option<Vec<Sample>> {
+    /// 100 ms meanwhile; returns the exit status and the last scrape, so counters of a stopped
+    /// process (including what its drain did) can still be checked.
+    pub async fn stop_with_last_metrics(
+        &mut self,
+    ) -> (Option<std::process::ExitStatus>, Option<Vec<Sample>>) {
         let addr = self.addr.clone();
         let mut last = metrics_at(&addr).await;
         let stop = self.stop();
         tokio::pin!(stop);
         loop {
             tokio::select! {
-                _ = &mut stop => return last,
+                status = &mut stop => return (status, last),
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {
                     if let Some(m) = metrics_at(&addr).await {
                         last = Some(m);
