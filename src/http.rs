@@ -21,6 +21,9 @@ use tokio_util::sync::CancellationToken;
 const MAX_CONNECTIONS: usize = 256;
 /// A connection must send its request headers within this time.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head: a resume cursor naming 4,096 partitions (the gateway's limit) fits.
+/// Heads above it get hyper's own `431` with an empty body.
+const MAX_HEAD_BYTES: usize = 256 * 1024;
 
 /// What `/readyz` asks: `Ok` when ready, otherwise the reasons.
 pub trait Readiness: Send + Sync + 'static {
@@ -66,6 +69,11 @@ pub async fn serve(listener: TcpListener, state: Arc<OpsState>, shutdown: Cancel
                 }
             },
         };
+        // Small frames go out at once: without this, Nagle's algorithm holds a frame written
+        // right after another until the first is acknowledged (~tens of ms on a live feed).
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY could not be set");
+        }
         let state = state.clone();
         tokio::spawn(async move {
             let _permit = permit;
@@ -76,7 +84,7 @@ pub async fn serve(listener: TcpListener, state: Arc<OpsState>, shutdown: Cancel
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(16 * 1024)
+                .max_buf_size(MAX_HEAD_BYTES)
                 .serve_connection(TokioIo::new(stream), svc)
                 .with_upgrades();
             let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;

@@ -62,20 +62,29 @@ pub struct GatewayArgs {
     /// falls behind the live buffer meanwhile is fed from Redis history.
     #[arg(long = "send-queue", env = "GATEWAY_SEND_QUEUE", default_value_t = 32)]
     pub send_queue: usize,
-    /// Batches kept in the shared live buffer.
+    /// Bytes of frames queued per client (the same waiting applies; a single larger frame
+    /// takes the whole budget).
+    #[arg(
+        long = "send-queue-bytes",
+        env = "GATEWAY_SEND_QUEUE_BYTES",
+        default_value_t = 1024 * 1024
+    )]
+    pub send_queue_bytes: usize,
+    /// Tail passes kept in the shared live buffer.
     #[arg(
         long = "live-buffer",
         env = "GATEWAY_LIVE_BUFFER",
         default_value_t = 1024
     )]
     pub live_buffer: usize,
-    /// Most events in one frame.
+    /// Largest `events` frame, in bytes (an event larger than this goes alone in its own
+    /// frame).
     #[arg(
-        long = "max-frame-events",
-        env = "GATEWAY_MAX_FRAME_EVENTS",
-        default_value_t = 200
+        long = "max-frame-bytes",
+        env = "GATEWAY_MAX_FRAME_BYTES",
+        default_value_t = 256 * 1024
     )]
-    pub max_frame_events: usize,
+    pub max_frame_bytes: usize,
     /// Entries read per history (XRANGE) request.
     #[arg(
         long = "history-page",
@@ -218,10 +227,16 @@ impl GatewayArgs {
             1,
         );
         at_least(
-            "GATEWAY_MAX_FRAME_EVENTS",
-            "max-frame-events",
-            self.max_frame_events as u64,
-            1,
+            "GATEWAY_MAX_FRAME_BYTES",
+            "max-frame-bytes",
+            self.max_frame_bytes as u64,
+            1024,
+        );
+        at_least(
+            "GATEWAY_SEND_QUEUE_BYTES",
+            "send-queue-bytes",
+            self.send_queue_bytes as u64,
+            1024,
         );
         at_least(
             "GATEWAY_HISTORY_PAGE",
@@ -287,7 +302,8 @@ impl GatewayArgs {
                     server_id: self.replica_id.clone().unwrap_or_else(default_replica_id),
                     max_client_frame_bytes: self.max_client_frame_bytes,
                     send_queue: self.send_queue,
-                    max_frame_events: self.max_frame_events,
+                    send_queue_bytes: self.send_queue_bytes,
+                    max_frame_bytes: self.max_frame_bytes,
                     history_page: self.history_page,
                     ping_interval: ping,
                     idle_timeout: idle,

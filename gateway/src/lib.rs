@@ -34,7 +34,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), prometheus::Error> {
     let metrics = Arc::new(metrics::Metrics::new(&registry)?);
-    let live = reader::Live::new(settings.live_buffer);
+    let live = reader::Live::new(settings.live_buffer, settings.ws.max_frame_bytes);
     // The operations endpoints answer from the start (/healthz 200, /readyz 503 until Redis
     // is reached); /ws answers 503 until the gateway is built.
     let gateway_cell: Arc<OnceLock<Arc<ws::Gateway>>> = Arc::new(OnceLock::new());

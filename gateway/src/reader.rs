@@ -1,23 +1,28 @@
 //! The tail loop: one per replica, whatever the number of clients. It follows every partition
 //! stream (picking up new partitions as they appear), decodes each entry once into a shared
-//! [`LiveEvent`], records the newest position per partition, and broadcasts batches to every
-//! session through a bounded ring ([`tokio::sync::broadcast`]): a session that falls behind
-//! the ring is told so (`Lagged`) and reads Redis history instead. A stream whose epoch changes
-//! (Redis flushed, topic re-created) is re-read from its start and announced as a reset.
+//! [`LiveEvent`], records the newest position per partition, and broadcasts **one [`Pass`] per
+//! read** to every session through a bounded ring ([`tokio::sync::broadcast`]): all partitions'
+//! new events, and the canonical cursor after them. A pass builds its frames once per format
+//! (on first use), so every unfiltered session in step with the tail sends the same bytes. A
+//! session that falls behind the ring is told so (`Lagged`) and reads Redis history instead. A
+//! stream whose epoch changes (Redis flushed, topic re-created) is re-read from its start and
+//! announced as a reset; a stream trimmed past the tail's position (the loop could not read it
+//! for longer than retention) is announced as a retention gap.
 
-use crate::cursor::{EntryId, PartitionPos};
+use crate::cursor::{Cursor, EntryId, PartitionPos};
 use crate::event::LiveEvent;
+use crate::frames::{Format, FrameBuilder, Outgoing};
 use crate::metrics::Metrics;
 use crate::streams::{PartRead, Streams};
 use dashstream::seq::{SeqOutcome, SequenceTracker};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-/// What the tail loop broadcasts.
+/// One partition's change within a pass.
 #[derive(Debug)]
 pub enum LiveItem {
     /// New events of one partition, in stream order.
@@ -28,11 +33,81 @@ pub enum LiveItem {
     },
     /// The partition's stream started a new epoch: history before it is gone.
     Reset { partition: i32, epoch: Arc<str> },
+    /// Retention trimmed the stream past the tail's position: offsets `from..=to` are gone;
+    /// the stream goes on after `to`.
+    Retention {
+        partition: i32,
+        epoch: Arc<str>,
+        from: i64,
+        to: i64,
+    },
+}
+
+/// What the tail loop broadcasts: everything one read found, and the canonical cursor before
+/// and after it.
+pub struct Pass {
+    /// Increases by one per pass.
+    pub gen: u64,
+    pub items: Vec<LiveItem>,
+    /// The tail's positions before this pass.
+    pub before: Arc<Cursor>,
+    /// The tail's positions after it (what a session in step holds afterwards).
+    pub after: Arc<Cursor>,
+    /// The pass's frames for an unfiltered session holding `before`, per format, built once.
+    shared: [OnceLock<Arc<[Outgoing]>>; 2],
+    max_frame_bytes: usize,
+}
+
+impl std::fmt::Debug for Pass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pass")
+            .field("gen", &self.gen)
+            .field("items", &self.items.len())
+            .finish()
+    }
+}
+
+impl Pass {
+    /// The frames every unfiltered session holding `before` sends for this pass.
+    pub fn shared_frames(&self, format: Format) -> Arc<[Outgoing]> {
+        let slot = match format {
+            Format::Json => &self.shared[0],
+            Format::Protobuf => &self.shared[1],
+        };
+        slot.get_or_init(|| {
+            let mut cursor = self.before.clone();
+            let mut b = FrameBuilder::new(format, self.max_frame_bytes);
+            b.apply_pass(&mut cursor, &self.items, None, true);
+            b.finish(&cursor, None).into()
+        })
+        .clone()
+    }
+
+    /// Test support: a pass from items.
+    pub fn new(
+        gen: u64,
+        items: Vec<LiveItem>,
+        before: Arc<Cursor>,
+        after: Arc<Cursor>,
+        max_frame_bytes: usize,
+    ) -> Self {
+        Self {
+            gen,
+            items,
+            before,
+            after,
+            shared: [OnceLock::new(), OnceLock::new()],
+            max_frame_bytes,
+        }
+    }
 }
 
 /// Shared live state of the replica.
 pub struct Live {
-    pub tx: broadcast::Sender<Arc<LiveItem>>,
+    pub tx: broadcast::Sender<Arc<Pass>>,
+    /// The canonical cursor (the tops as of the last pass) and that pass's generation.
+    canonical: RwLock<(u64, Arc<Cursor>)>,
+    max_frame_bytes: usize,
     /// Newest position read per partition (updated before each broadcast).
     pub tops: RwLock<BTreeMap<i32, PartitionPos>>,
     /// Last time the loop completed an iteration (ms since `start`).
@@ -49,10 +124,12 @@ pub struct Live {
 }
 
 impl Live {
-    pub fn new(capacity: usize) -> Arc<Self> {
+    pub fn new(capacity: usize, max_frame_bytes: usize) -> Arc<Self> {
         let (tx, _) = broadcast::channel(capacity.max(1));
         Arc::new(Self {
             tx,
+            canonical: RwLock::new((0, Arc::new(Cursor::default()))),
+            max_frame_bytes,
             tops: RwLock::new(BTreeMap::new()),
             heartbeat_ms: AtomicU64::new(0),
             start: Instant::now(),
@@ -73,7 +150,40 @@ impl Live {
     }
 
     pub fn tops(&self) -> BTreeMap<i32, PartitionPos> {
-        self.tops.read().expect("tops lock").clone()
+        self.tops
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The canonical cursor and its generation.
+    pub fn canonical(&self) -> (u64, Arc<Cursor>) {
+        self.canonical
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Publishes a pass: the canonical cursor moves to the tops first, then the pass is sent,
+    /// so every pass is either in a subscription or covered by the canonical cursor.
+    fn publish_pass(&self, items: Vec<LiveItem>) {
+        let after = Arc::new(Cursor { parts: self.tops() });
+        let (gen, before) = {
+            let mut c = self
+                .canonical
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let before = std::mem::replace(&mut c.1, after.clone());
+            c.0 += 1;
+            (c.0, before)
+        };
+        let _ = self.tx.send(Arc::new(Pass::new(
+            gen,
+            items,
+            before,
+            after,
+            self.max_frame_bytes,
+        )));
     }
 }
 
@@ -86,7 +196,11 @@ impl dashstream::http::Readiness for Live {
         }
         let ok = self.redis_ok_ms.load(Ordering::Relaxed);
         if ok == 0 || now - ok > 3_000 {
-            let err = self.redis_error.lock().expect("error lock").clone();
+            let err = self
+                .redis_error
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
             reasons.push(format!("redis: unreachable: {err}"));
         }
         let beat = self.heartbeat_ms.load(Ordering::Relaxed);
@@ -144,8 +258,12 @@ pub async fn run(
             streams.wait(&from, opts.block).await?;
             let reads = streams.read(&from, opts.read_count).await?;
             live.redis_ok_ms.store(live.now_ms(), Ordering::Relaxed);
+            let mut items = Vec::new();
             for ((p, _), read) in from.iter().zip(reads) {
-                publish(&live, &metrics, &mut seq, *p, read);
+                publish(&live, &metrics, &mut seq, *p, read, &mut items);
+            }
+            if !items.is_empty() {
+                live.publish_pass(items);
             }
             Ok::<(), crate::streams::ReadError>(())
         };
@@ -164,7 +282,10 @@ pub async fn run(
                 backoff = Duration::from_millis(100);
             }
             Err(e) => {
-                *live.redis_error.lock().expect("error lock") = e.to_string();
+                *live
+                    .redis_error
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = e.to_string();
                 if !failing {
                     tracing::warn!(error = %e, "redis tail failed; retrying");
                 }
@@ -249,42 +370,100 @@ async fn discover(
         return Ok(());
     }
     let reads = streams.read(&new, 0).await?;
-    let mut tops = live.tops.write().expect("tops lock");
-    for ((p, _), r) in new.iter().zip(reads) {
-        if let Some(epoch) = r.epoch {
-            tops.insert(
-                *p,
-                PartitionPos {
-                    epoch,
-                    last: if at_start { r.last } else { EntryId::ZERO },
-                },
-            );
-            tracing::info!(partition = p, "following a new partition stream");
+    let mut added = false;
+    {
+        let mut tops = live
+            .tops
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for ((p, _), r) in new.iter().zip(reads) {
+            if let Some(epoch) = r.epoch {
+                tops.insert(
+                    *p,
+                    PartitionPos {
+                        epoch,
+                        last: if at_start { r.last } else { EntryId::ZERO },
+                    },
+                );
+                added = true;
+                tracing::info!(partition = p, "following a new partition stream");
+            }
         }
+    }
+    if added {
+        // An empty pass moves the canonical cursor to the new set of partitions.
+        live.publish_pass(Vec::new());
     }
     Ok(())
 }
 
-fn publish(live: &Live, metrics: &Metrics, seq: &mut SequenceTracker, p: i32, read: PartRead) {
+fn publish(
+    live: &Live,
+    metrics: &Metrics,
+    seq: &mut SequenceTracker,
+    p: i32,
+    read: PartRead,
+    items: &mut Vec<LiveItem>,
+) {
     let Some(epoch) = read.epoch else {
         return; // meta missing: a reset in progress; wait for the ingest's new epoch
     };
-    let known = live.tops.read().expect("tops lock").get(&p).cloned();
+    let known = live
+        .tops
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&p)
+        .cloned();
     let Some(known) = known else { return };
     if known.epoch != epoch {
         tracing::warn!(partition = p, old = %known.epoch, new = %epoch, "stream reset: new epoch");
-        live.tops.write().expect("tops lock").insert(
-            p,
-            PartitionPos {
-                epoch: epoch.clone(),
-                last: EntryId::ZERO,
-            },
-        );
-        let _ = live.tx.send(Arc::new(LiveItem::Reset {
+        live.tops
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(
+                p,
+                PartitionPos {
+                    epoch: epoch.clone(),
+                    last: EntryId::ZERO,
+                },
+            );
+        items.push(LiveItem::Reset {
             partition: p,
             epoch: epoch.into(),
-        }));
+        });
         return;
+    }
+    let epoch: Arc<str> = epoch.into();
+    if read.trimmed && crate::session::trimmed_after(known.last, read.first, read.last) {
+        // The loop could not read this stream for longer than its retention: the entries
+        // between its position and the oldest one kept are gone. Say so to every client.
+        let next_kept = read.first.map_or(read.last.offset + 1, |f| f.offset);
+        let (from, to) = (known.last.offset.saturating_add(1), next_kept - 1);
+        tracing::warn!(
+            partition = p,
+            from,
+            to,
+            "the stream was trimmed past the tail's position"
+        );
+        live.tops
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(
+                p,
+                PartitionPos {
+                    epoch: epoch.to_string(),
+                    last: EntryId {
+                        offset: to,
+                        n: u32::MAX,
+                    },
+                },
+            );
+        items.push(LiveItem::Retention {
+            partition: p,
+            epoch: epoch.clone(),
+            from,
+            to,
+        });
     }
     let Some(last) = read.entries.last() else {
         return;
@@ -324,18 +503,21 @@ fn publish(live: &Live, metrics: &Metrics, seq: &mut SequenceTracker, p: i32, re
             .tail_delay
             .set(((dashstream::now_us() - newest_ingest_us).max(0)) as f64 / 1e6);
     }
-    live.tops.write().expect("tops lock").insert(
-        p,
-        PartitionPos {
-            epoch: epoch.clone(),
-            last: last_id,
-        },
-    );
+    live.tops
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(
+            p,
+            PartitionPos {
+                epoch: epoch.to_string(),
+                last: last_id,
+            },
+        );
     if !events.is_empty() {
-        let _ = live.tx.send(Arc::new(LiveItem::Events {
+        items.push(LiveItem::Events {
             partition: p,
-            epoch: epoch.into(),
+            epoch,
             events,
-        }));
+        });
     }
 }

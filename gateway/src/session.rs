@@ -1,30 +1,36 @@
 //! One client's feed: from its start position, through Redis history while it is behind, to
-//! the live broadcast, and back to history whenever it falls behind the live ring. The cursor
-//! advances only over events handed to the client's queue, so every frame's cursor is exact.
+//! the live passes of the tail loop, and back to history whenever it falls behind the ring.
+//!
+//! A session whose cursor is the tail's canonical cursor before a pass is *in step*: if it has
+//! no filter, it sends the pass's shared frames (built once per replica and format) and takes
+//! the canonical cursor after the pass, with no per-client encoding at all. A filtered session
+//! in step builds its own frames from the pass. A session out of step (just caught up, or
+//! holding a position the tail does not) takes each partition's new events after its own
+//! position and rejoins the shared path as soon as its cursor equals the canonical one.
+//!
+//! Frames go to the connection's writer through a queue bounded in bytes (a semaphore of
+//! `queue_bytes` permits, held by each frame until it is written): when the client reads too
+//! slowly the session waits, the ring laps it, and it continues from Redis history. The cursor
+//! advances only over events handed to the queue, so every frame's cursor is exact.
 
 use crate::cursor::{Cursor, EntryId, PartitionPos};
 use crate::event::{Filter, LiveEvent};
-use crate::frames::{self, Format, Missed, Wire};
+use crate::frames::{self, Format, FrameBuilder, Outgoing};
 use crate::metrics::Metrics;
-use crate::reader::{Live, LiveItem};
+use crate::reader::{Live, LiveItem, Pass};
 use crate::streams::Streams;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-/// What goes to the client's writer task.
+/// What goes to the client's writer task. Frames hold their share of the queue's byte budget
+/// until they are written.
 #[derive(Debug)]
 pub enum Outbound {
-    Frame {
-        wire: Wire,
-        kind: &'static str,
-        /// Events in the frame.
-        events: u64,
-        /// Producer timestamps of the frame's live events, for the latency histogram (events
-        /// read from history are counted but not timed: their age is the client's absence).
-        stamps: Vec<i64>,
-    },
+    Frame(Outgoing, Option<OwnedSemaphorePermit>),
+    /// A pass's shared frames.
+    Shared(Arc<[Outgoing]>, Option<OwnedSemaphorePermit>),
     /// Close the connection with this code and reason.
     Close(u16, &'static str),
 }
@@ -37,6 +43,11 @@ pub enum Start {
     Cursor(Cursor),
 }
 
+/// Most passes taken from the ring in one wake.
+const MAX_PASSES_PER_WAKE: usize = 64;
+/// Wait before retrying a failed history read.
+const HISTORY_RETRY: Duration = Duration::from_millis(250);
+
 pub struct Session {
     pub format: Format,
     pub filter: Filter,
@@ -44,8 +55,11 @@ pub struct Session {
     pub streams: Streams,
     pub metrics: Arc<Metrics>,
     pub out: mpsc::Sender<Outbound>,
+    /// The queue's byte budget (see the module comment).
+    pub budget: Arc<Semaphore>,
+    pub budget_bytes: usize,
     pub server: String,
-    pub max_frame_events: usize,
+    pub max_frame_bytes: usize,
     pub history_page: usize,
     /// Cancelled when the replica drains: the client is told where to resume.
     pub drain: CancellationToken,
@@ -59,23 +73,26 @@ enum Stop {
 }
 
 impl Session {
+    fn filtered(&self) -> bool {
+        self.filter != Filter::default()
+    }
+
     /// Feeds the client until it leaves or `drain` fires (then tells it where to resume).
     pub async fn run(self, start: Start) {
         let drain = self.drain.clone();
         let mut rx = self.live.tx.subscribe();
         let resumed = matches!(start, Start::Cursor(_));
         let (mut cursor, behind) = match start {
-            Start::Latest => (
-                Cursor {
-                    parts: self.live.tops(),
-                },
-                false,
-            ),
-            Start::Earliest => (Cursor::default(), true),
-            Start::Cursor(c) => (c, true),
+            Start::Latest => (self.live.canonical().1, false),
+            Start::Earliest => (Arc::new(Cursor::default()), true),
+            Start::Cursor(c) => (Arc::new(c), true),
         };
         let welcome = frames::welcome(self.format, &self.server, &cursor.encode(), resumed);
-        if self.send(welcome, "welcome", 0, Vec::new()).await.is_err() {
+        if self
+            .send(vec![Outgoing::control(welcome, "welcome")])
+            .await
+            .is_err()
+        {
             return;
         }
         let result: Result<(), Stop> = async {
@@ -83,21 +100,32 @@ impl Session {
                 rx = self.catch_up(&mut cursor, resumed).await?;
             }
             loop {
-                let item = tokio::select! {
+                let first = tokio::select! {
                     biased;
                     _ = drain.cancelled() => return Err(Stop::Draining),
                     r = rx.recv() => r,
                 };
-                match item {
-                    Ok(item) => {
-                        let mut batch = vec![item];
-                        while batch.len() < 64 {
+                match first {
+                    Ok(pass) => {
+                        let mut passes = vec![pass];
+                        let mut lagged = false;
+                        while passes.len() < MAX_PASSES_PER_WAKE {
                             match rx.try_recv() {
-                                Ok(i) => batch.push(i),
+                                Ok(p) => passes.push(p),
+                                // The only notice of a lap: what was lapped is read from
+                                // Redis right after what was taken is delivered.
+                                Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                                    lagged = true;
+                                    break;
+                                }
                                 Err(_) => break,
                             }
                         }
-                        self.deliver_live(&mut cursor, &batch).await?;
+                        self.deliver_passes(&mut cursor, &passes).await?;
+                        if lagged {
+                            self.metrics.catchup_switches.inc();
+                            rx = self.catch_up(&mut cursor, false).await?;
+                        }
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         self.metrics.catchup_switches.inc();
@@ -109,174 +137,128 @@ impl Session {
         }
         .await;
         if let Err(Stop::Draining) = result {
-            let _ = self
-                .send(
-                    frames::reconnect(self.format, &cursor.encode(), "draining"),
-                    "reconnect",
-                    0,
-                    Vec::new(),
-                )
-                .await;
+            let bye = frames::reconnect(self.format, &cursor.encode(), "draining");
+            let _ = self.send(vec![Outgoing::control(bye, "reconnect")]).await;
             let _ = self.out.send(Outbound::Close(4012, "draining")).await;
         }
     }
 
-    async fn send(
-        &self,
-        wire: Wire,
-        kind: &'static str,
-        events: u64,
-        stamps: Vec<i64>,
-    ) -> Result<(), Stop> {
-        self.out
-            .send(Outbound::Frame {
-                wire,
-                kind,
-                events,
-                stamps,
-            })
+    /// Takes `bytes` of the queue's budget (all of it for a frame larger than the budget).
+    async fn permit(&self, bytes: usize) -> Result<OwnedSemaphorePermit, Stop> {
+        let n = bytes.clamp(1, self.budget_bytes) as u32;
+        self.budget
+            .clone()
+            .acquire_many_owned(n)
             .await
             .map_err(|_| Stop::Gone)
     }
 
-    async fn gap(
-        &self,
-        cursor: &Cursor,
-        reason: &'static str,
-        missed: &[Missed],
-    ) -> Result<(), Stop> {
-        self.metrics.gaps.with_label_values(&[reason]).inc();
-        self.send(
-            frames::gap(self.format, &cursor.encode(), reason, missed),
-            "gap",
-            0,
-            Vec::new(),
-        )
-        .await
-    }
-
-    /// Sends `events` (already known to be after the cursor) in frames, advancing the cursor.
-    async fn deliver(
-        &self,
-        cursor: &mut Cursor,
-        epoch: &str,
-        events: &[Arc<LiveEvent>],
-        live: bool,
-    ) -> Result<(), Stop> {
-        // Every call carries one partition's events of one epoch: set the epoch once, then
-        // move only the position per event (no allocation per event and client).
-        let Some(first) = events.first() else {
-            return Ok(());
-        };
-        let p = first.partition;
-        let pos = cursor.parts.entry(p).or_insert_with(|| PartitionPos {
-            epoch: epoch.to_string(),
-            last: EntryId::ZERO,
-        });
-        if pos.epoch != epoch {
-            pos.epoch = epoch.to_string();
-        }
-        let mut pending: Vec<Arc<LiveEvent>> = Vec::new();
-        for e in events {
-            debug_assert_eq!(e.partition, p);
-            if let Some(pos) = cursor.parts.get_mut(&p) {
-                pos.last = e.id;
-            }
-            if self.filter.matches(e) {
-                pending.push(e.clone());
-            }
-            if pending.len() >= self.max_frame_events {
-                self.flush(cursor, &mut pending, live).await?;
-            }
-        }
-        self.flush(cursor, &mut pending, live).await
-    }
-
-    async fn flush(
-        &self,
-        cursor: &Cursor,
-        pending: &mut Vec<Arc<LiveEvent>>,
-        live: bool,
-    ) -> Result<(), Stop> {
-        if pending.is_empty() {
-            return Ok(());
-        }
-        let wire = frames::events(self.format, &cursor.encode(), pending);
-        let stamps = if live {
-            pending.iter().map(|e| e.timestamp_us).collect()
-        } else {
-            Vec::new()
-        };
-        let n = pending.len() as u64;
-        pending.clear();
-        self.send(wire, "events", n, stamps).await
-    }
-
-    async fn deliver_live(&self, cursor: &mut Cursor, batch: &[Arc<LiveItem>]) -> Result<(), Stop> {
-        for item in batch {
-            match item.as_ref() {
-                LiveItem::Reset { partition, epoch } => {
-                    let known = cursor.parts.get(partition).map(|p| p.epoch.clone());
-                    if known.as_deref() != Some(epoch) {
-                        let from = cursor.parts.get(partition).map_or(0, |p| p.last.offset + 1);
-                        cursor.parts.insert(
-                            *partition,
-                            PartitionPos {
-                                epoch: epoch.to_string(),
-                                last: EntryId::ZERO,
-                            },
-                        );
-                        self.gap(
-                            cursor,
-                            "reset",
-                            &[Missed {
-                                partition: *partition,
-                                from,
-                                to: -1,
-                            }],
-                        )
-                        .await?;
-                    }
-                }
-                LiveItem::Events {
-                    partition,
-                    epoch,
-                    events,
-                } => {
-                    let pos = cursor.parts.get(partition);
-                    if pos.is_some_and(|p| p.epoch.as_str() != &**epoch) {
-                        // An epoch this session has not been told about: re-read from Redis.
-                        let mut c = cursor.clone();
-                        self.catch_up_partition(&mut c, *partition, None).await?;
-                        *cursor = c;
-                        continue;
-                    }
-                    let after = pos.map_or(EntryId::ZERO, |p| p.last);
-                    let fresh: Vec<Arc<LiveEvent>> =
-                        events.iter().filter(|e| e.id > after).cloned().collect();
-                    self.deliver(cursor, epoch, &fresh, true).await?;
-                }
-            }
+    async fn send(&self, frames: Vec<Outgoing>) -> Result<(), Stop> {
+        for f in frames {
+            let permit = self.permit(f.wire.len()).await?;
+            self.out
+                .send(Outbound::Frame(f, Some(permit)))
+                .await
+                .map_err(|_| Stop::Gone)?;
         }
         Ok(())
+    }
+
+    async fn send_shared(&self, frames: Arc<[Outgoing]>) -> Result<(), Stop> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        let bytes = frames.iter().map(|f| f.wire.len()).sum();
+        let permit = self.permit(bytes).await?;
+        self.out
+            .send(Outbound::Shared(frames, Some(permit)))
+            .await
+            .map_err(|_| Stop::Gone)
+    }
+
+    /// Delivers the passes of one wake: shared frames while in step, its own frames (merged
+    /// across partitions and passes, bounded in bytes) otherwise.
+    async fn deliver_passes(
+        &self,
+        cursor: &mut Arc<Cursor>,
+        passes: &[Arc<Pass>],
+    ) -> Result<(), Stop> {
+        let filtered = self.filtered();
+        let mut b = FrameBuilder::new(self.format, self.max_frame_bytes);
+        for pass in passes {
+            let in_step = Arc::ptr_eq(cursor, &pass.before) || **cursor == *pass.before;
+            if in_step && !filtered {
+                let own =
+                    std::mem::replace(&mut b, FrameBuilder::new(self.format, self.max_frame_bytes));
+                self.send(own.finish(cursor, None)).await?;
+                self.send_shared(pass.shared_frames(self.format)).await?;
+                *cursor = pass.after.clone();
+                continue;
+            }
+            if in_step {
+                b.apply_pass(cursor, &pass.items, Some(&self.filter), true);
+            } else {
+                for item in &pass.items {
+                    match item {
+                        LiveItem::Events {
+                            partition,
+                            epoch,
+                            events,
+                        } => {
+                            let pos = cursor.parts.get(partition);
+                            if pos.is_some_and(|p| p.epoch.as_str() != &**epoch) {
+                                // An epoch this session has not been told about: re-read the
+                                // partition from Redis (the reset gap comes from there).
+                                let own = std::mem::replace(
+                                    &mut b,
+                                    FrameBuilder::new(self.format, self.max_frame_bytes),
+                                );
+                                self.send(own.finish(cursor, None)).await?;
+                                self.catch_up_partition(cursor, *partition, None).await?;
+                                continue;
+                            }
+                            let after = pos.map_or(EntryId::ZERO, |p| p.last);
+                            for e in events.iter().filter(|e| e.id > after) {
+                                b.event(cursor, epoch, e, self.filter.matches(e), true);
+                            }
+                        }
+                        LiveItem::Reset { partition, epoch } => b.reset(cursor, *partition, epoch),
+                        LiveItem::Retention {
+                            partition,
+                            epoch,
+                            from,
+                            to,
+                        } => b.retention(cursor, *partition, epoch, *from, *to),
+                    }
+                }
+            }
+            if **cursor == *pass.after {
+                // In step again: share the canonical cursor from here on.
+                *cursor = pass.after.clone();
+            }
+        }
+        self.send(b.finish(cursor, None)).await
     }
 
     /// Reads Redis history up to the live position of every partition, then returns a live
     /// receiver subscribed before the positions were taken (so nothing falls between).
     async fn catch_up(
         &self,
-        cursor: &mut Cursor,
+        cursor: &mut Arc<Cursor>,
         resumed: bool,
-    ) -> Result<broadcast::Receiver<Arc<LiveItem>>, Stop> {
+    ) -> Result<broadcast::Receiver<Arc<Pass>>, Stop> {
         let rx = self.live.tx.subscribe();
-        let tops = self.live.tops();
+        let (_, tops) = self.live.canonical();
         let mut outcome_gap = false;
-        for (p, top) in &tops {
+        for (p, top) in &tops.parts {
             outcome_gap |= self.catch_up_partition(cursor, *p, Some(top)).await?;
         }
         if resumed {
             let outcome = if outcome_gap { "gap" } else { "ok" };
             self.metrics.resumes.with_label_values(&[outcome]).inc();
+        }
+        if **cursor == *tops {
+            *cursor = tops;
         }
         Ok(rx)
     }
@@ -286,7 +268,7 @@ impl Session {
     /// the end of the stream; returns whether a gap was reported.
     async fn catch_up_partition(
         &self,
-        cursor: &mut Cursor,
+        cursor: &mut Arc<Cursor>,
         p: i32,
         target: Option<&PartitionPos>,
     ) -> Result<bool, Stop> {
@@ -300,29 +282,24 @@ impl Session {
                 match self.streams.read(&[(p, after)], self.history_page).await {
                     Ok(mut r) => break r.pop().unwrap_or_default(),
                     Err(_) if self.out.is_closed() => return Err(Stop::Gone),
-                    Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+                    Err(_) => {
+                        tokio::select! {
+                            _ = self.drain.cancelled() => return Err(Stop::Draining),
+                            _ = tokio::time::sleep(HISTORY_RETRY) => {}
+                        }
+                    }
                 }
             };
             let Some(epoch) = read.epoch.clone() else {
                 return Ok(gapped);
             };
+            let mut b = FrameBuilder::new(self.format, self.max_frame_bytes);
             match cursor.parts.get(&p).cloned() {
                 Some(k) if k.epoch != epoch => {
                     // The history this cursor points into is gone (Redis flushed, topic
                     // re-created): say so, then read the new epoch from its start.
-                    cursor.parts.insert(
-                        p,
-                        PartitionPos {
-                            epoch: epoch.clone(),
-                            last: EntryId::ZERO,
-                        },
-                    );
-                    let missed = Missed {
-                        partition: p,
-                        from: k.last.offset + 1,
-                        to: -1,
-                    };
-                    self.gap(cursor, "reset", &[missed]).await?;
+                    b.reset(cursor, p, &epoch);
+                    self.send(b.finish(cursor, None)).await?;
                     gapped = true;
                     continue;
                 }
@@ -330,33 +307,18 @@ impl Session {
                     // Retention removed entries after the cursor: report the offsets that can
                     // no longer be delivered, once, and continue after them.
                     let next_kept = read.first.map_or(read.last.offset + 1, |f| f.offset);
-                    let (from, to) = (k.last.offset + 1, next_kept - 1);
-                    let resume = EntryId {
-                        offset: to,
-                        n: u32::MAX,
-                    };
-                    cursor.parts.insert(
-                        p,
-                        PartitionPos {
-                            epoch: epoch.clone(),
-                            last: resume,
-                        },
-                    );
-                    self.gap(
+                    b.retention(
                         cursor,
-                        "retention",
-                        &[Missed {
-                            partition: p,
-                            from,
-                            to,
-                        }],
-                    )
-                    .await?;
+                        p,
+                        &epoch,
+                        k.last.offset.saturating_add(1),
+                        next_kept - 1,
+                    );
                     gapped = true;
                 }
                 Some(_) => {}
                 None => {
-                    cursor.parts.insert(
+                    Arc::make_mut(cursor).parts.insert(
                         p,
                         PartitionPos {
                             epoch: epoch.clone(),
@@ -367,32 +329,28 @@ impl Session {
             }
             let page_full = read.entries.len() >= self.history_page;
             let last_read = read.entries.last().map(|e| e.id);
-            let events: Vec<Arc<LiveEvent>> = read
-                .entries
-                .into_iter()
-                .filter_map(|e| match LiveEvent::from_entry(p, e.id, e.event) {
-                    Ok(ev) => Some(Arc::new(ev)),
-                    Err(_) => {
-                        self.metrics.decode_errors.inc();
-                        None
+            let mut newest = None;
+            for entry in read.entries {
+                match LiveEvent::from_entry(p, entry.id, entry.event) {
+                    Ok(ev) => {
+                        let ev = Arc::new(ev);
+                        b.event(cursor, &epoch, &ev, self.filter.matches(&ev), false);
+                        newest = Some(ev.id);
                     }
-                })
-                .collect();
-            let reached = match (&target, events.last()) {
-                (Some(t), Some(last)) => t.epoch == epoch && last.id >= t.last,
+                    Err(_) => self.metrics.decode_errors.inc(),
+                }
+            }
+            let reached = match (&target, newest) {
+                (Some(t), Some(last)) => t.epoch == epoch && last >= t.last,
                 _ => false,
             };
-            self.deliver(cursor, &epoch, &events, false).await?;
             if let Some(id) = last_read {
                 // Past undecodable entries too, so a bad entry is never read forever.
-                cursor.parts.insert(
-                    p,
-                    PartitionPos {
-                        epoch: epoch.clone(),
-                        last: id,
-                    },
-                );
+                if let Some(pos) = Arc::make_mut(cursor).parts.get_mut(&p) {
+                    pos.last = pos.last.max(id);
+                }
             }
+            self.send(b.finish(cursor, None)).await?;
             if !page_full || reached {
                 return Ok(gapped);
             }
@@ -403,22 +361,22 @@ impl Session {
 /// Whether retention removed entries after `last`: the first kept entry is more than one
 /// offset past it (or nothing is kept). An offset that never held an event (a dead-lettered
 /// record) just before the first kept entry is reported as missed too: the stream cannot tell.
-fn trimmed_after(last: EntryId, first: Option<EntryId>, newest: EntryId) -> bool {
+pub fn trimmed_after(last: EntryId, first: Option<EntryId>, newest: EntryId) -> bool {
     match first {
-        Some(f) => f.offset > last.offset + 1,
+        Some(f) => f.offset > last.offset.saturating_add(1),
         None => newest > last,
     }
 }
 
-/// Records producer-to-send latency for the events of a frame just written.
-pub fn observe_sent(metrics: &Metrics, stamps: &[i64]) {
-    let now = dashstream::now_us();
-    for ts in stamps {
-        let age = now - ts;
-        if age < 0 {
-            metrics.clock_skew.inc();
-        } else {
-            metrics.producer_to_send.observe(age as f64 / 1e6);
-        }
+/// Records producer-to-send latency of a frame just written (its oldest live event).
+pub fn observe_sent(metrics: &Metrics, oldest_us: i64) {
+    if oldest_us == 0 {
+        return;
+    }
+    let age = dashstream::now_us() - oldest_us;
+    if age < 0 {
+        metrics.clock_skew.inc();
+    } else {
+        metrics.producer_to_send.observe(age as f64 / 1e6);
     }
 }

@@ -1,28 +1,33 @@
 //! `/ws`: the upgrade (parameters, limits, cursor check, then HTTP 101) and the connection:
-//! a writer task owning the socket's sink (bounded queue, send timeout, heartbeat pings), a
-//! reader task handling client frames (ping, errors, size limit, idle timeout, abuse), and the
-//! session feeding events. When any of them ends, the others are stopped.
+//! a writer task owning the socket's write half (it writes the pre-framed server frames it is
+//! given, everything queued at once in one vectored write, with a send timeout and heartbeat
+//! pings), a reader task parsing client frames with tungstenite (ping, errors, size limit,
+//! idle timeout, abuse), and the session feeding events. When the writer or the reader ends,
+//! the other gets a moment to finish (a close frame to flush, unread input to drain, so the
+//! client sees the close instead of a reset), then all are stopped.
 
 use crate::cursor::{Cursor, EntryId};
 use crate::event::Filter;
-use crate::frames::{self, Format, Wire};
+use crate::frames::{self, Format, Outgoing, Wire};
 use crate::limits::{Limits, Refusal};
 use crate::metrics::Metrics;
 use crate::reader::Live;
 use crate::session::{observe_sent, Outbound, Session, Start};
 use crate::streams::Streams;
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
@@ -33,7 +38,8 @@ pub struct WsSettings {
     pub server_id: String,
     pub max_client_frame_bytes: usize,
     pub send_queue: usize,
-    pub max_frame_events: usize,
+    pub send_queue_bytes: usize,
+    pub max_frame_bytes: usize,
     pub history_page: usize,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
@@ -238,7 +244,6 @@ impl Gateway {
                 )
             }
         };
-        m.upgrades.with_label_values(&["accepted", "ok"]).inc();
         let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
         let params = Params {
             start,
@@ -250,23 +255,23 @@ impl Gateway {
             let _slot = slot;
             match hyper::upgrade::on(req).await {
                 Ok(upgraded) => {
-                    // Small buffers: the defaults (128 KiB each way) cost ~140 KiB per idle
-                    // connection; client frames are small and each server frame is flushed.
+                    gw.metrics
+                        .upgrades
+                        .with_label_values(&["accepted", "ok"])
+                        .inc();
+                    // tungstenite only parses client frames: a small read buffer (it grows for
+                    // a larger frame, up to the frame limit), and nothing is written through
+                    // it (server frames are framed here and written by the writer).
                     let cfg = WebSocketConfig::default()
                         .max_message_size(Some(gw.settings.max_client_frame_bytes))
                         .max_frame_size(Some(gw.settings.max_client_frame_bytes))
-                        // Twice the frame limit, so an oversized frame is usually read whole
-                        // and the client gets FRAME_TOO_LARGE and 4008 rather than a reset.
-                        .read_buffer_size(gw.settings.max_client_frame_bytes.max(4096) * 2)
-                        .write_buffer_size(0)
-                        .max_write_buffer_size(16 * 1024 * 1024);
-                    let ws = WebSocketStream::from_raw_socket(
-                        TokioIo::new(upgraded),
-                        Role::Server,
-                        Some(cfg),
-                    )
-                    .await;
-                    gw.connection(ws, params).await;
+                        .read_buffer_size(512)
+                        .write_buffer_size(0);
+                    let (rd, wr) = tokio::io::split(TokioIo::new(upgraded));
+                    let ws =
+                        WebSocketStream::from_raw_socket(ReadOnly(rd), Role::Server, Some(cfg))
+                            .await;
+                    gw.connection(ws, wr, params).await;
                 }
                 Err(e) => tracing::debug!(error = %e, "upgrade failed"),
             }
@@ -290,14 +295,22 @@ impl Gateway {
             self.streams.read(&from, 0).await.map_err(|e| {
                 CursorProblem::Unavailable(format!("cannot check the cursor now: {e}"))
             })?;
+        let known = self.live.tops();
         for ((p, pos), r) in c.parts.iter().zip(reads) {
+            // A retention gap leaves a position of "all of offset o" (n = u32::MAX).
+            let beyond =
+                pos.last > r.last && !(pos.last.n == u32::MAX && pos.last.offset <= r.last.offset);
             match r.epoch {
+                // The stream's meta is missing while its history is being re-created (Redis
+                // flushed, partition quiet): a partition this replica follows is real, so the
+                // session starts and gets the reset gap once the new epoch exists.
+                None if known.contains_key(p) => {}
                 None => {
                     return Err(CursorProblem::Bad(format!(
                         "bad cursor: partition {p} has no stream"
                     )))
                 }
-                Some(epoch) if epoch == pos.epoch && pos.last > r.last => {
+                Some(epoch) if epoch == pos.epoch && beyond => {
                     return Err(CursorProblem::Bad(format!(
                         "bad cursor: partition {p} position is beyond the stream"
                     )))
@@ -308,14 +321,19 @@ impl Gateway {
         Ok(c)
     }
 
-    async fn connection<S>(self: Arc<Self>, ws: WebSocketStream<S>, params: Params)
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    async fn connection<R, W>(
+        self: Arc<Self>,
+        ws: WebSocketStream<ReadOnly<R>>,
+        wr: W,
+        params: Params,
+    ) where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
     {
         let m = self.metrics.clone();
         m.connected_clients.inc();
-        let (sink, stream) = ws.split();
         let (out_tx, out_rx) = mpsc::channel(self.settings.send_queue.max(1));
+        let budget_bytes = self.settings.send_queue_bytes.max(1024);
         let session = Session {
             format: params.format,
             filter: params.filter,
@@ -323,129 +341,257 @@ impl Gateway {
             streams: self.streams.clone(),
             metrics: m.clone(),
             out: out_tx.clone(),
+            budget: Arc::new(Semaphore::new(budget_bytes)),
+            budget_bytes,
             server: self.settings.server_id.clone(),
-            max_frame_events: self.settings.max_frame_events.max(1),
+            max_frame_bytes: self.settings.max_frame_bytes.max(1024),
             history_page: self.settings.history_page.max(1),
             drain: self.drain.clone(),
         };
-        let mut writer = tokio::spawn(write_loop(sink, out_rx, m.clone(), self.settings.clone()));
+        let mut writer = tokio::spawn(write_loop(wr, out_rx, m.clone(), self.settings.clone()));
         let mut reader = tokio::spawn(read_loop(
-            stream,
+            ws,
             out_tx,
             m.clone(),
             self.settings.clone(),
             params.format,
         ));
-        let feeder = tokio::spawn(session.run(params.start));
+        let mut feeder = tokio::spawn(session.run(params.start));
         // The writer ends the connection (after a close frame, an error or a send timeout);
-        // the reader ends it when the client leaves; the feeder only ends by asking the writer
-        // to close, so the writer is what everything waits for.
-        tokio::select! {
-            _ = &mut writer => {}
-            _ = &mut reader => {
-                // Give the writer a moment to flush a close frame the reader queued.
-                let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
+        // the reader ends it when the client leaves. The feeder only ends by asking the
+        // writer to close; if it ends otherwise (a bug), the connection ends too rather than
+        // staying open without data.
+        let feeder_done = tokio::select! {
+            _ = &mut writer => { let _ = tokio::time::timeout(LINGER, &mut reader).await; false }
+            _ = &mut reader => { let _ = tokio::time::timeout(LINGER, &mut writer).await; false }
+            r = &mut feeder => {
+                if r.is_err() {
+                    tracing::error!("a session task failed; closing its connection");
+                    m.disconnects.with_label_values(&["error"]).inc();
+                }
+                let _ = tokio::time::timeout(LINGER, &mut writer).await;
+                true
             }
-        }
+        };
         reader.abort();
-        feeder.abort();
+        if !feeder_done {
+            feeder.abort();
+        }
         writer.abort();
         m.connected_clients.dec();
     }
 }
 
-async fn write_loop<S>(
-    mut sink: futures::stream::SplitSink<WebSocketStream<S>, Message>,
+/// How long a closing connection waits for its close frame to go out and the client's unread
+/// input to be drained.
+const LINGER: Duration = Duration::from_secs(2);
+/// Most queued items written in one vectored write.
+const MAX_ITEMS_PER_WRITE: usize = 64;
+
+/// The read half for tungstenite: it parses client frames only. What it would write (its
+/// automatic replies) is dropped; the reader answers pings and closes through the writer.
+pub struct ReadOnly<R>(R);
+
+impl<R: AsyncRead + Unpin> AsyncRead for ReadOnly<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<R: Unpin> AsyncWrite for ReadOnly<R> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Writes all of `bufs` with as few (vectored) writes as the socket allows.
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    bufs: &mut [Bytes],
+) -> std::io::Result<()> {
+    use bytes::Buf;
+    let mut first = 0;
+    while first < bufs.len() {
+        let n = {
+            let slices: Vec<std::io::IoSlice<'_>> = bufs[first..]
+                .iter()
+                .take(1024)
+                .map(|b| std::io::IoSlice::new(b))
+                .collect();
+            w.write_vectored(&slices).await?
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let mut left = n;
+        while left > 0 && first < bufs.len() {
+            let b = &mut bufs[first];
+            let take = left.min(b.len());
+            b.advance(take);
+            left -= take;
+            if b.is_empty() {
+                first += 1;
+            }
+        }
+        while first < bufs.len() && bufs[first].is_empty() {
+            first += 1;
+        }
+    }
+    w.flush().await
+}
+
+/// Counts what one write sent.
+fn count_sent(m: &Metrics, frames: &[&Outgoing]) {
+    let (mut bytes, mut events) = (0u64, 0u64);
+    let mut kinds: [(&str, u64); 8] = [("", 0); 8];
+    for f in frames {
+        bytes += f.wire.len() as u64;
+        events += u64::from(f.events);
+        observe_sent(m, f.oldest_us);
+        if let Some(reason) = f.gap {
+            m.gaps.with_label_values(&[reason]).inc();
+        }
+        match kinds.iter_mut().find(|(k, _)| k.is_empty() || *k == f.kind) {
+            Some(slot) => {
+                slot.0 = f.kind;
+                slot.1 += 1;
+            }
+            None => m.frames_sent.with_label_values(&[f.kind]).inc(),
+        }
+    }
+    for (k, n) in kinds {
+        if n > 0 {
+            m.frames_sent.with_label_values(&[k]).inc_by(n);
+        }
+    }
+    m.bytes_sent.inc_by(bytes);
+    m.events_sent.inc_by(events);
+}
+
+async fn write_loop<W>(
+    mut wr: W,
     mut rx: mpsc::Receiver<Outbound>,
     m: Arc<Metrics>,
     settings: WsSettings,
 ) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    W: AsyncWrite + Unpin,
 {
     let mut ping = tokio::time::interval(settings.ping_interval);
     ping.tick().await;
+    let ping_frame = Wire::ping();
+    let mut held: Vec<Outbound> = Vec::new();
+    let mut bufs: Vec<Bytes> = Vec::new();
     loop {
-        let msg = tokio::select! {
+        let first = tokio::select! {
             o = rx.recv() => o,
             _ = ping.tick() => {
-                if tokio::time::timeout(settings.send_timeout, sink.send(Message::Ping(Bytes::new()))).await.is_err() {
+                let mut b = [ping_frame.bytes().clone()];
+                if tokio::time::timeout(settings.send_timeout, write_all_vectored(&mut wr, &mut b)).await.is_err() {
                     m.disconnects.with_label_values(&["send_timeout"]).inc();
                     return;
                 }
                 continue;
             }
         };
-        match msg {
-            None => return,
-            Some(Outbound::Frame {
-                wire,
-                kind,
-                events,
-                stamps,
-            }) => {
-                let len = wire.len() as u64;
-                let message = match wire {
-                    Wire::Text(t) => Message::Text(t.into()),
-                    Wire::Binary(b) => Message::Binary(b),
-                };
-                match tokio::time::timeout(settings.send_timeout, sink.send(message)).await {
-                    Ok(Ok(())) => {
-                        m.frames_sent.with_label_values(&[kind]).inc();
-                        m.bytes_sent.inc_by(len);
-                        m.events_sent.inc_by(events);
-                        observe_sent(&m, &stamps);
-                    }
-                    Ok(Err(_)) => {
-                        m.disconnects.with_label_values(&["error"]).inc();
-                        return;
-                    }
-                    Err(_) => {
-                        m.disconnects.with_label_values(&["send_timeout"]).inc();
-                        return;
-                    }
+        let Some(first) = first else { return };
+        held.push(first);
+        while held.len() < MAX_ITEMS_PER_WRITE {
+            match rx.try_recv() {
+                Ok(o) => held.push(o),
+                Err(_) => break,
+            }
+        }
+        let mut close = None;
+        let mut sent: Vec<&Outgoing> = Vec::new();
+        for o in &held {
+            match o {
+                Outbound::Frame(f, _) => sent.push(f),
+                Outbound::Shared(fs, _) => sent.extend(fs.iter()),
+                Outbound::Close(code, reason) => {
+                    close = Some((*code, *reason));
+                    break;
                 }
             }
-            Some(Outbound::Close(code, reason)) => {
-                let label = match code {
-                    4012 => "draining",
-                    1000 => "client",
-                    _ if reason == "idle" => "idle",
-                    _ => "abuse",
-                };
-                m.disconnects.with_label_values(&[label]).inc();
-                let frame = CloseFrame {
-                    code: CloseCode::from(code),
-                    reason: reason.into(),
-                };
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    sink.send(Message::Close(Some(frame))),
-                )
-                .await;
-                let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
+        }
+        bufs.clear();
+        bufs.extend(sent.iter().map(|f| f.wire.bytes().clone()));
+        match tokio::time::timeout(
+            settings.send_timeout,
+            write_all_vectored(&mut wr, &mut bufs),
+        )
+        .await
+        {
+            Ok(Ok(())) => count_sent(&m, &sent),
+            Ok(Err(_)) => {
+                m.disconnects.with_label_values(&["error"]).inc();
                 return;
             }
+            Err(_) => {
+                m.disconnects.with_label_values(&["send_timeout"]).inc();
+                return;
+            }
+        }
+        drop(sent);
+        held.clear(); // releases the frames' share of the queue budget
+        if let Some((code, reason)) = close {
+            let label = match code {
+                4012 => "draining",
+                1000 => "client",
+                _ if reason == "idle" => "idle",
+                _ => "abuse",
+            };
+            m.disconnects.with_label_values(&[label]).inc();
+            let mut b = [Wire::close(code, reason).bytes().clone()];
+            let _ = tokio::time::timeout(LINGER, write_all_vectored(&mut wr, &mut b)).await;
+            let _ = tokio::time::timeout(LINGER, wr.shutdown()).await;
+            return;
         }
     }
 }
 
-async fn read_loop<S>(
-    mut stream: futures::stream::SplitStream<WebSocketStream<S>>,
+/// Reads and discards what the client still sends (the rest of an oversized frame), until
+/// the input stays quiet for a moment, the client closes, or `LINGER` passes: closing a socket
+/// with unread input resets it, and the client would lose the close frame sent just before.
+async fn drain_input<R: AsyncRead + Unpin>(ws: &mut WebSocketStream<ReadOnly<R>>) {
+    use tokio::io::AsyncReadExt;
+    const QUIET: Duration = Duration::from_millis(200);
+    let mut scratch = [0u8; 4096];
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(Ok(n)) = tokio::time::timeout(QUIET, ws.get_mut().0.read(&mut scratch)).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+async fn read_loop<R>(
+    mut stream: WebSocketStream<ReadOnly<R>>,
     out: mpsc::Sender<Outbound>,
     m: Arc<Metrics>,
     settings: WsSettings,
     format: Format,
 ) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
 {
     let mut strikes = 0u32;
     let reply = |wire: Wire, kind: &'static str| {
-        let _ = out.try_send(Outbound::Frame {
-            wire,
-            kind,
-            events: 0,
-            stamps: Vec::new(),
-        });
+        let _ = out.try_send(Outbound::Frame(Outgoing::control(wire, kind), None));
     };
     loop {
         let next = match tokio::time::timeout(settings.idle_timeout, stream.next()).await {
@@ -474,6 +620,7 @@ async fn read_loop<S>(
                     ),
                 );
                 let _ = out.try_send(Outbound::Close(4008, "frame too large"));
+                drain_input(&mut stream).await;
                 return;
             }
             Some(Err(_)) => {
@@ -503,14 +650,22 @@ async fn read_loop<S>(
                 bad("binary", "BAD_REQUEST", "client frames must be JSON text");
                 strikes += 1;
             }
+            Some(Ok(Message::Ping(data))) => {
+                let _ = out.try_send(Outbound::Frame(
+                    Outgoing::control(Wire::pong(&data), "pong"),
+                    None,
+                ));
+            }
             Some(Ok(Message::Close(_))) => {
-                m.disconnects.with_label_values(&["client"]).inc();
+                // Answer the close handshake; the writer then closes the connection.
+                let _ = out.try_send(Outbound::Close(1000, "bye"));
                 return;
             }
             Some(Ok(_)) => {}
         }
         if strikes >= settings.max_strikes {
             let _ = out.try_send(Outbound::Close(4008, "too many bad frames"));
+            drain_input(&mut stream).await;
             return;
         }
     }

@@ -48,7 +48,7 @@ async fn a_tail_loop_left_behind_by_growing_streams_is_not_ready() {
             Duration::from_secs(2),
             metrics,
         );
-        let live = Live::new(16);
+        let live = Live::new(16, 256 * 1024);
         // A loop that "read" up to 1-1 and then stopped.
         live.tops.write().unwrap().insert(
             0,

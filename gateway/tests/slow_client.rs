@@ -16,7 +16,7 @@ async fn a_slow_client_catches_up_from_redis_without_gaps_and_costs_no_memory() 
         sys.wait_streams().await;
         let gw = GatewayProc::spawn(
             &sys,
-            &[("GATEWAY_LIVE_BUFFER", "16"), ("GATEWAY_SEND_QUEUE", "4"), ("GATEWAY_MAX_FRAME_EVENTS", "50")],
+            &[("GATEWAY_LIVE_BUFFER", "16"), ("GATEWAY_SEND_QUEUE", "4"), ("GATEWAY_MAX_FRAME_BYTES", "16384")],
         )
         .await;
 
