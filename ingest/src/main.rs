@@ -5,6 +5,11 @@ use dashstream::config::{exit_config, parse_or_exit, EXIT_CONFIG};
 use dashstream_ingest::IngestArgs;
 use std::process::ExitCode;
 
+// No #[global_allocator]: the system allocator (glibc) is kept. jemalloc (Rust allocations
+// only, or replacing malloc for librdkafka too) and mimalloc were measured with
+// bench/ingest-throughput.sh and used no less CPU per event; allocation is ~9% of the ingest's
+// instructions since the zero-copy decode (docs/BENCHMARKS.md, "Allocator").
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args: IngestArgs = parse_or_exit();
