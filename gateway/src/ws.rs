@@ -361,9 +361,22 @@ impl Gateway {
         // the reader ends it when the client leaves. The feeder only ends by asking the
         // writer to close; if it ends otherwise (a bug), the connection ends too rather than
         // staying open without data.
+        // A side that ended by closing (a close frame sent or queued) gives the other a moment:
+        // the reader drains input under the writer's close frame, the writer flushes the close
+        // frame the reader queued. A side that ended because the client is gone does not.
         let feeder_done = tokio::select! {
-            _ = &mut writer => { let _ = tokio::time::timeout(LINGER, &mut reader).await; false }
-            _ = &mut reader => { let _ = tokio::time::timeout(LINGER, &mut writer).await; false }
+            closed = &mut writer => {
+                if matches!(closed, Ok(true)) {
+                    let _ = tokio::time::timeout(LINGER, &mut reader).await;
+                }
+                false
+            }
+            closing = &mut reader => {
+                if matches!(closing, Ok(true)) {
+                    let _ = tokio::time::timeout(LINGER, &mut writer).await;
+                }
+                false
+            }
             r = &mut feeder => {
                 if r.is_err() {
                     tracing::error!("a session task failed; closing its connection");
@@ -482,12 +495,15 @@ fn count_sent(m: &Metrics, frames: &[&Outgoing]) {
     m.events_sent.inc_by(events);
 }
 
+/// Writes until the queue closes, a write fails or times out (false), or a close frame was
+/// sent (true).
 async fn write_loop<W>(
     mut wr: W,
     mut rx: mpsc::Receiver<Outbound>,
     m: Arc<Metrics>,
     settings: WsSettings,
-) where
+) -> bool
+where
     W: AsyncWrite + Unpin,
 {
     let mut ping = tokio::time::interval(settings.ping_interval);
@@ -502,12 +518,12 @@ async fn write_loop<W>(
                 let mut b = [ping_frame.bytes().clone()];
                 if tokio::time::timeout(settings.send_timeout, write_all_vectored(&mut wr, &mut b)).await.is_err() {
                     m.disconnects.with_label_values(&["send_timeout"]).inc();
-                    return;
+                    return false;
                 }
                 continue;
             }
         };
-        let Some(first) = first else { return };
+        let Some(first) = first else { return false };
         held.push(first);
         while held.len() < MAX_ITEMS_PER_WRITE {
             match rx.try_recv() {
@@ -538,11 +554,11 @@ async fn write_loop<W>(
             Ok(Ok(())) => count_sent(&m, &sent),
             Ok(Err(_)) => {
                 m.disconnects.with_label_values(&["error"]).inc();
-                return;
+                return false;
             }
             Err(_) => {
                 m.disconnects.with_label_values(&["send_timeout"]).inc();
-                return;
+                return false;
             }
         }
         drop(sent);
@@ -558,7 +574,7 @@ async fn write_loop<W>(
             let mut b = [Wire::close(code, reason).bytes().clone()];
             let _ = tokio::time::timeout(LINGER, write_all_vectored(&mut wr, &mut b)).await;
             let _ = tokio::time::timeout(LINGER, wr.shutdown()).await;
-            return;
+            return true;
         }
     }
 }
@@ -586,7 +602,8 @@ async fn read_loop<R>(
     m: Arc<Metrics>,
     settings: WsSettings,
     format: Format,
-) where
+) -> bool
+where
     R: AsyncRead + Unpin,
 {
     let mut strikes = 0u32;
@@ -597,7 +614,7 @@ async fn read_loop<R>(
         let next = match tokio::time::timeout(settings.idle_timeout, stream.next()).await {
             Err(_) => {
                 let _ = out.try_send(Outbound::Close(4008, "idle"));
-                return;
+                return true;
             }
             Ok(n) => n,
         };
@@ -608,7 +625,7 @@ async fn read_loop<R>(
         match next {
             None => {
                 m.disconnects.with_label_values(&["client"]).inc();
-                return;
+                return false;
             }
             Some(Err(WsError::Capacity(_))) => {
                 bad(
@@ -621,11 +638,11 @@ async fn read_loop<R>(
                 );
                 let _ = out.try_send(Outbound::Close(4008, "frame too large"));
                 drain_input(&mut stream).await;
-                return;
+                return true;
             }
             Some(Err(_)) => {
                 m.disconnects.with_label_values(&["error"]).inc();
-                return;
+                return false;
             }
             Some(Ok(Message::Text(t))) => {
                 match serde_json::from_str::<serde_json::Value>(t.as_str()) {
@@ -659,14 +676,14 @@ async fn read_loop<R>(
             Some(Ok(Message::Close(_))) => {
                 // Answer the close handshake; the writer then closes the connection.
                 let _ = out.try_send(Outbound::Close(1000, "bye"));
-                return;
+                return true;
             }
             Some(Ok(_)) => {}
         }
         if strikes >= settings.max_strikes {
             let _ = out.try_send(Outbound::Close(4008, "too many bad frames"));
             drain_input(&mut stream).await;
-            return;
+            return true;
         }
     }
 }

@@ -76,6 +76,7 @@ async fn bad_input_is_refused_clearly_and_counted() {
             c.next(Duration::from_secs(5)).await,
             Some(Frame::Close(4008))
         );
+        drop(c);
 
         // An oversized frame: FRAME_TOO_LARGE, then 4008.
         let mut c = connect(&gw.addr, "").await.unwrap();

@@ -12,7 +12,7 @@ async fn a_cursor_older_than_retention_gets_one_gap_with_the_range_then_continuo
     deadline(180, async {
         let sys = System::new("retention", 1, None).await;
         let ingest = sys
-            .ingest(&["--stream-maxlen=100", "--write-batch=10"])
+            .ingest(&["--stream-maxlen=100", "--write-batch-events=10"])
             .await;
         sys.produce(sys.produce_options(50, None)).await;
         sys.wait_streams().await;

@@ -140,6 +140,7 @@ async fn metrics_used_by_alerts_and_dashboard_exist_are_bounded_and_counters_onl
             "result",
             "type",
             "command",
+            "action",
             "le",
             "quantile",
         ]
