@@ -166,7 +166,7 @@ impl Live {
 
     /// Publishes a pass: the canonical cursor moves to the tops first, then the pass is sent,
     /// so every pass is either in a subscription or covered by the canonical cursor.
-    fn publish_pass(&self, items: Vec<LiveItem>) {
+    pub(crate) fn publish_pass(&self, items: Vec<LiveItem>) {
         let after = Arc::new(Cursor { parts: self.tops() });
         let (gen, before) = {
             let mut c = self

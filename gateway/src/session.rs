@@ -18,7 +18,8 @@ use crate::event::{Filter, LiveEvent};
 use crate::frames::{self, Format, FrameBuilder, Outgoing};
 use crate::metrics::Metrics;
 use crate::reader::{Live, LiveItem, Pass};
-use crate::streams::Streams;
+use crate::streams::{PartRead, ReadError, Streams};
+use futures::future::BoxFuture;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
@@ -33,6 +34,27 @@ pub enum Outbound {
     Shared(Arc<[Outgoing]>, Option<OwnedSemaphorePermit>),
     /// Close the connection with this code and reason.
     Close(u16, &'static str),
+}
+
+/// Where a session reads history: the Redis streams, or a fake in the state-machine tests.
+pub trait History: Send + Sync + 'static {
+    /// Up to `count` entries after each position, with each stream's epoch and bounds (see
+    /// [`Streams::read`]).
+    fn read<'a>(
+        &'a self,
+        from: &'a [(i32, EntryId)],
+        count: usize,
+    ) -> BoxFuture<'a, Result<Vec<PartRead>, ReadError>>;
+}
+
+impl History for Streams {
+    fn read<'a>(
+        &'a self,
+        from: &'a [(i32, EntryId)],
+        count: usize,
+    ) -> BoxFuture<'a, Result<Vec<PartRead>, ReadError>> {
+        Box::pin(Streams::read(self, from, count))
+    }
 }
 
 /// Where a session starts.
@@ -52,7 +74,7 @@ pub struct Session {
     pub format: Format,
     pub filter: Filter,
     pub live: Arc<Live>,
-    pub streams: Streams,
+    pub history: Arc<dyn History>,
     pub metrics: Arc<Metrics>,
     pub out: mpsc::Sender<Outbound>,
     /// The queue's byte budget (see the module comment).
@@ -279,7 +301,7 @@ impl Session {
             }
             let after = cursor.parts.get(&p).map_or(EntryId::ZERO, |c| c.last);
             let read = loop {
-                match self.streams.read(&[(p, after)], self.history_page).await {
+                match self.history.read(&[(p, after)], self.history_page).await {
                     Ok(mut r) => break r.pop().unwrap_or_default(),
                     Err(_) if self.out.is_closed() => return Err(Stop::Gone),
                     Err(_) => {
@@ -380,3 +402,8 @@ pub fn observe_sent(metrics: &Metrics, oldest_us: i64) {
         metrics.producer_to_send.observe(age as f64 / 1e6);
     }
 }
+
+/// The session state machine driven against a fake history and the real live ring.
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;

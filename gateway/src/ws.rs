@@ -338,7 +338,7 @@ impl Gateway {
             format: params.format,
             filter: params.filter,
             live: self.live.clone(),
-            streams: self.streams.clone(),
+            history: Arc::new(self.streams.clone()),
             metrics: m.clone(),
             out: out_tx.clone(),
             budget: Arc::new(Semaphore::new(budget_bytes)),

@@ -1,0 +1,1 @@
+//! Unit tests of the session state machine (see `session.rs`).
