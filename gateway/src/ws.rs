@@ -32,6 +32,13 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
+/// Request header that may carry the resume cursor instead of `from`.
+pub const CURSOR_HEADER: &str = "dashstream-cursor";
+/// A browser offers `dashstream` plus `cursor.<cursor>` as subprotocols; the gateway answers
+/// with `dashstream`.
+pub const SUBPROTOCOL: &str = "dashstream";
+pub const CURSOR_SUBPROTOCOL_PREFIX: &str = "cursor.";
+
 /// Settings of client connections.
 #[derive(Debug, Clone)]
 pub struct WsSettings {
@@ -197,12 +204,41 @@ impl Gateway {
                 "a WebSocket (version 13) upgrade is required",
             );
         }
-        let (from, format, filter) = match parse_params(req.uri().query().unwrap_or("")) {
+        let (mut from, format, filter) = match parse_params(req.uri().query().unwrap_or("")) {
             Ok(p) => p,
             Err((code, msg)) => {
                 return reject(m, StatusCode::BAD_REQUEST, "bad_request", code, &msg)
             }
         };
+        // A cursor too large for a URL (HTTP libraries cap a URI at 64 KiB: a topic of a few
+        // thousand partitions) travels in a header, or, from a browser, as a subprotocol.
+        let offered: Vec<&str> = req
+            .headers()
+            .get_all("sec-websocket-protocol")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect();
+        let carried = header(CURSOR_HEADER).map(str::to_string).or_else(|| {
+            offered
+                .iter()
+                .find_map(|p| p.strip_prefix(CURSOR_SUBPROTOCOL_PREFIX))
+                .map(str::to_string)
+        });
+        if let Some(c) = carried {
+            if from.is_some() {
+                return reject(
+                    m,
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "BAD_REQUEST",
+                    "give the start position once: `from` or the cursor header, not both",
+                );
+            }
+            from = Some(c);
+        }
+        let subprotocol = offered.contains(&SUBPROTOCOL).then_some(SUBPROTOCOL);
         let start = match from.as_deref() {
             None | Some("latest") => Start::Latest,
             Some("earliest") => Start::Earliest,
@@ -276,13 +312,15 @@ impl Gateway {
                 Err(e) => tracing::debug!(error = %e, "upgrade failed"),
             }
         });
-        Response::builder()
+        let mut resp = Response::builder()
             .status(StatusCode::SWITCHING_PROTOCOLS)
             .header("upgrade", "websocket")
             .header("connection", "Upgrade")
-            .header("sec-websocket-accept", accept)
-            .body(Full::new(Bytes::new()))
-            .expect("valid response")
+            .header("sec-websocket-accept", accept);
+        if let Some(p) = subprotocol {
+            resp = resp.header("sec-websocket-protocol", p);
+        }
+        resp.body(Full::new(Bytes::new())).expect("valid response")
     }
 
     /// A cursor must parse and may only name partitions that have a stream, at positions not

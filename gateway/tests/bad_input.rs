@@ -99,6 +99,29 @@ async fn bad_input_is_refused_clearly_and_counted() {
         // it still had in flight until then, so the close frame is never lost to a reset).
         drop(c);
 
+        // Much larger frames too (review: from 8 KiB up the error and the close were lost to a
+        // TCP reset): the server drains the rest of the frame before it closes.
+        for size in [8 * 1024, 64 * 1024, 1024 * 1024] {
+            let mut c = connect(&gw.addr, "").await.unwrap();
+            assert!(matches!(
+                c.next(Duration::from_secs(5)).await,
+                Some(Frame::Welcome { .. })
+            ));
+            c.send_text(&"x".repeat(size)).await;
+            assert_eq!(
+                c.next(Duration::from_secs(5)).await,
+                Some(Frame::Error {
+                    code: "FRAME_TOO_LARGE".into()
+                }),
+                "{size}-byte frame"
+            );
+            assert_eq!(
+                c.next(Duration::from_secs(5)).await,
+                Some(Frame::Close(4008)),
+                "{size}-byte frame"
+            );
+        }
+
         // Garbled and forged cursors, bad filters and formats: HTTP 400 naming the problem.
         let forged = {
             use base64::Engine;

@@ -225,8 +225,28 @@ pub struct Client {
 
 /// Connects to `/ws?<query>`; `Err((status, body))` when the upgrade is refused.
 pub async fn connect(addr: &str, query: &str) -> Result<Client, (u16, String)> {
+    connect_with(addr, query, &[]).await
+}
+
+/// [`connect`] with extra request headers.
+pub async fn connect_with(
+    addr: &str,
+    query: &str,
+    headers: &[(&str, &str)],
+) -> Result<Client, (u16, String)> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let url = format!("ws://{addr}/ws?{query}");
-    match tokio_tungstenite::connect_async(&url).await {
+    let mut req = match url.into_client_request() {
+        Ok(r) => r,
+        Err(e) => return Err((0, e.to_string())),
+    };
+    for (k, v) in headers {
+        req.headers_mut().insert(
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    match tokio_tungstenite::connect_async(req).await {
         Ok((ws, _)) => Ok(Client { ws }),
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
             let body = resp
