@@ -30,6 +30,9 @@ events { worker_connections 20000; }
 worker_rlimit_nofile 45000;
 http {
   access_log off;
+  # Resume cursors of wide topics: up to 64 KiB in the URL, up to 192 KiB in the
+  # DashStream-Cursor header (docs/PROTOCOL.md, Cursors).
+  large_client_header_buffers 4 256k;
   client_body_temp_path $LB_DIR/tmp/body;
   proxy_temp_path $LB_DIR/tmp/proxy;
   fastcgi_temp_path $LB_DIR/tmp/fastcgi;
