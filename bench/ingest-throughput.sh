@@ -154,6 +154,21 @@ print(f"{rate:.0f} {xadd:.0f} {rate / xadd:.3f} {us(ti, n):.2f} {us(tr, n):.2f} 
 PY
 }
 
+# redis_quiet: wait (up to 5 minutes) until Redis runs no AOF rewrite or RDB save: the child's
+# fork and CPU would fall into a measurement. The shared Redis holds other work's data too, so
+# a rewrite takes a while.
+redis_quiet() {
+  local i busy
+  for ((i = 0; i < 300; i++)); do
+    busy="$(redis-cli -p "$redis_port" info persistence | tr -d '\r' |
+      grep -cE '^(aof_rewrite|rdb_bgsave)_in_progress:1$' || true)"
+    ((busy == 0)) && return 0
+    ((i % 15 == 0)) && log "waiting for Redis to finish an AOF rewrite / RDB save"
+    sleep 1
+  done
+  log "Redis is still rewriting its AOF; measuring anyway"
+}
+
 field="$(head -c 200 /dev/zero | tr '\0' x)"
 xadd_cmd="redis-benchmark -p $redis_port -P 32 -n $EVENTS -q XADD $run_id:xadd '*' ev <200 bytes>"
 results=()
@@ -163,6 +178,7 @@ for ((run = 1; run <= RUNS; run++)); do
   export KAFKA_GROUP_ID REDIS_KEY_PREFIX
   groups+=("$KAFKA_GROUP_ID")
   port="$(free_port)"
+  redis_quiet
   log "run $run/$RUNS: ingest ($INGEST_BIN) drains $EVENTS events"
   INGEST_LISTEN="127.0.0.1:$port" RUST_LOG=warn "$INGEST_BIN" 2>>"$DASHSTREAM_STATE_DIR/bench-ingest.log" &
   ingest_pid=$!
@@ -175,6 +191,7 @@ for ((run = 1; run <= RUNS; run++)); do
   # Free the run's streams now (DEL, not UNLINK), so no freeing runs during the next measurement.
   redis-cli -p "$redis_port" --scan --pattern "$REDIS_KEY_PREFIX*" | xargs -r redis-cli -p "$redis_port" del >/dev/null
 
+  redis_quiet
   log "run $run/$RUNS: $xadd_cmd"
   r0="$(proc_ticks "$redis_pid")"
   rb="$(redis-benchmark -p "$redis_port" -P 32 -n "$EVENTS" -q XADD "$run_id:xadd" '*' ev "$field" 2>/dev/null | tr '\r' '\n' | grep -E 'requests per second' | tail -1)"
