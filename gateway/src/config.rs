@@ -132,6 +132,29 @@ pub struct GatewayArgs {
         default_value_t = 100_000
     )]
     pub sequence_capacity: usize,
+    /// History pages (catch-ups, resumes) read from Redis at once by this replica; further
+    /// sessions wait their turn, so catch-ups never queue ahead of the tail loop.
+    #[arg(
+        long = "history-concurrency",
+        env = "GATEWAY_HISTORY_CONCURRENCY",
+        default_value_t = 8
+    )]
+    pub history_concurrency: usize,
+    /// Most entries the tail loop reads per partition per pass.
+    #[arg(
+        long = "tail-read-count",
+        env = "GATEWAY_TAIL_READ_COUNT",
+        default_value_t = 1000
+    )]
+    pub tail_read_count: usize,
+    /// Bytes (of entry field values) one tail-loop pass reads, shared evenly by the partitions;
+    /// each partition still gets at least one entry.
+    #[arg(
+        long = "tail-read-bytes",
+        env = "GATEWAY_TAIL_READ_BYTES",
+        default_value_t = 1024 * 1024
+    )]
+    pub tail_read_bytes: usize,
 }
 
 /// Validated settings.
@@ -146,6 +169,9 @@ pub struct GatewaySettings {
     pub live_buffer: usize,
     pub drain_timeout: Duration,
     pub sequence_capacity: usize,
+    pub history_concurrency: usize,
+    pub tail_read_count: usize,
+    pub tail_read_bytes: usize,
     pub ws: WsSettings,
 }
 
@@ -256,6 +282,24 @@ impl GatewayArgs {
             self.sequence_capacity as u64,
             1,
         );
+        at_least(
+            "GATEWAY_HISTORY_CONCURRENCY",
+            "history-concurrency",
+            self.history_concurrency as u64,
+            1,
+        );
+        at_least(
+            "GATEWAY_TAIL_READ_COUNT",
+            "tail-read-count",
+            self.tail_read_count as u64,
+            1,
+        );
+        at_least(
+            "GATEWAY_TAIL_READ_BYTES",
+            "tail-read-bytes",
+            self.tail_read_bytes as u64,
+            1024,
+        );
         let ping = positive_ms(
             "GATEWAY_PING_INTERVAL_MS",
             "ping-interval-ms",
@@ -298,6 +342,9 @@ impl GatewayArgs {
                 live_buffer: self.live_buffer,
                 drain_timeout: drain,
                 sequence_capacity: self.sequence_capacity,
+                history_concurrency: self.history_concurrency,
+                tail_read_count: self.tail_read_count,
+                tail_read_bytes: self.tail_read_bytes,
                 ws: WsSettings {
                     server_id: self.replica_id.clone().unwrap_or_else(default_replica_id),
                     max_client_frame_bytes: self.max_client_frame_bytes,

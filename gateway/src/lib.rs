@@ -71,8 +71,14 @@ pub async fn run(
             }
         }
     };
+    // One connection each for XREAD BLOCK, the tail loop and the progress watcher, then the
+    // history pool (docs/GATEWAY.md, "Redis connections").
+    let pool = streams::pool_size(settings.history_concurrency);
     let mut conns = Vec::new();
-    for blocking in [false, true] {
+    for blocking in [true, false, false]
+        .into_iter()
+        .chain((0..pool).map(|_| false))
+    {
         let c = loop {
             match connect(blocking).await {
                 Ok(c) => break c,
@@ -94,22 +100,31 @@ pub async fn run(
         };
         conns.push(c);
     }
-    let blocking = conns.pop().expect("blocking connection");
-    let redis = conns.pop().expect("connection");
-    let streams = streams::Streams::new(
-        redis,
-        blocking,
+    let mut conns = conns.into_iter();
+    let mut next = || conns.next().expect("a connection");
+    let (blocking, tail, watch) = (next(), next(), next());
+    let streams = streams::Streams::with_connections(
+        streams::Connections {
+            blocking,
+            tail,
+            watch,
+            pool: conns.collect(),
+        },
         StreamKeys::new(&settings.redis.key_prefix, &settings.topic),
-        settings.redis.command_timeout,
+        streams::StreamsOptions {
+            timeout: settings.redis.command_timeout,
+            history_concurrency: settings.history_concurrency,
+            tail_read_bytes: settings.tail_read_bytes,
+        },
         metrics.clone(),
     );
     let tail_stop = CancellationToken::new();
     let tail = tokio::spawn(reader::run(
         live.clone(),
-        streams.clone(),
+        streams.tail(),
         metrics.clone(),
         reader::TailOptions {
-            read_count: 1000,
+            read_count: settings.tail_read_count,
             block,
             discover_every: Duration::from_secs(2),
             sequence_capacity: settings.sequence_capacity,
@@ -118,7 +133,7 @@ pub async fn run(
     ));
     let watcher = tokio::spawn(reader::watch_progress(
         live.clone(),
-        streams.clone(),
+        streams.watcher(),
         Duration::from_secs(2),
         tail_stop.clone(),
     ));

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub producer_to_send: Histogram,
     pub clock_skew: IntCounter,
     pub untrusted_forwarded: IntCounter,
+    /// Time history reads waited for one of the `GATEWAY_HISTORY_CONCURRENCY` slots.
+    pub history_wait: Histogram,
 }
 
 pub const REJECT_REASONS: [&str; 7] = [
@@ -87,6 +89,11 @@ impl Metrics {
             )?,
             clock_skew: c("clock_skew_events_total", "Events whose producer timestamp is in the gateway's future (excluded from latency)")?,
             untrusted_forwarded: c("untrusted_forwarded_for_total", "X-Forwarded-For headers ignored because the peer is not a trusted proxy")?,
+            history_wait: Histogram::with_opts(
+                HistogramOpts::new("history_wait_seconds", "Time a history page waited for one of the GATEWAY_HISTORY_CONCURRENCY slots before being read")
+                    .namespace(NS)
+                    .buckets(exponential_buckets(0.0001, 2.0, 18)?),
+            )?,
         };
         registry.register(Box::new(m.connected_clients.clone()))?;
         registry.register(Box::new(m.upgrades.clone()))?;
@@ -108,6 +115,7 @@ impl Metrics {
         registry.register(Box::new(m.producer_to_send.clone()))?;
         registry.register(Box::new(m.clock_skew.clone()))?;
         registry.register(Box::new(m.untrusted_forwarded.clone()))?;
+        registry.register(Box::new(m.history_wait.clone()))?;
         m.upgrades.with_label_values(&["accepted", "ok"]);
         for r in REJECT_REASONS {
             m.upgrades.with_label_values(&["rejected", r]);

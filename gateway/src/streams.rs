@@ -1,7 +1,24 @@
-//! Reading the partition streams. One Lua script reads any number of partitions atomically:
-//! for each, the stream's epoch, its first entry, whether retention trimmed it, its last ID,
-//! and the entries after a given ID. Reading the epoch in the same atomic step as the entries
-//! means an entry is never attributed to the wrong epoch across a reset.
+//! Reading the partition streams. Every read returns, for each partition asked about, the
+//! stream's epoch, its first entry, whether retention trimmed it, its last ID, and the entries
+//! after a given ID, all from one atomic step in Redis: an entry is never attributed to the
+//! wrong epoch across a reset, and `first`/`trimmed` describe the same stream as the entries.
+//!
+//! Who reads decides the connection (review M2): the tail loop and the progress watcher each
+//! have a connection of their own, `XREAD BLOCK` has one too, and history pages and cursor
+//! checks share a small pool, with at most `GATEWAY_HISTORY_CONCURRENCY` history pages in
+//! flight per replica. So catch-ups queue behind each other, never ahead of live events.
+//!
+//! How (review §2.4): history pages and metadata reads are a `MULTI`/`EXEC` of plain commands
+//! (`HGET`, `XINFO STREAM`, `XRANGE`), whose replies Redis writes straight out; only the tail's
+//! reads use a Lua script, because they stop at a byte budget. Replies are consumed by value:
+//! an event's bytes are the reply's own buffer.
+//!
+//! A malformed entry (no `ev`, an `ev` that is not a string or is empty, an ID that does not fit
+//! `<i64>-<u32>`) never fails a read (review M4): it is handed on at its position with an event
+//! that cannot decode ([`Entry::is_malformed`]), so readers skip it, count it in
+//! `stream_decode_errors_total` and move past it exactly like an undecodable `ev`.
+
+mod reply;
 
 use crate::cursor::EntryId;
 use crate::metrics::Metrics;
@@ -9,48 +26,90 @@ use bytes::Bytes;
 use dashstream::keys::StreamKeys;
 use redis::aio::ConnectionManager;
 use redis::{Script, Value};
-use std::sync::{Arc, LazyLock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, RwLock};
 use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
 
-static READ: LazyLock<Script> = LazyLock::new(|| {
+pub use reply::MALFORMED_EVENT;
+
+/// The tail's read: for each partition, `{epoch, info, entries}` where `info` holds the
+/// `XINFO STREAM` fields the reader needs (`false` when there is no stream) and `entries` stops
+/// at `count` entries or once the partition's byte budget is reached, whichever comes first
+/// (always at least one entry when there is one). Bytes are those of the entries' field values.
+static TAIL_READ: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
+local count, budget = tonumber(ARGV[1]), tonumber(ARGV[2])
+local MAX = '18446744073709551615-18446744073709551615'
 local out = {}
-local count = tonumber(ARGV[1])
 for i = 1, #KEYS, 2 do
-  local stream, meta, after = KEYS[i], KEYS[i + 1], ARGV[(i + 1) / 2 + 1]
+  local stream, meta, after = KEYS[i], KEYS[i + 1], ARGV[(i + 1) / 2 + 2]
   local epoch = redis.call('HGET', meta, 'epoch')
-  local first, trimmed, last = false, 0, '0-0'
-  local entries = {}
+  local info, entries = false, {}
   if redis.call('EXISTS', stream) == 1 then
-    local info = redis.call('XINFO', 'STREAM', stream)
-    local added, length = 0, 0
-    for j = 1, #info, 2 do
-      local k = info[j]
-      if k == 'first-entry' and info[j + 1] then first = info[j + 1][1]
-      elseif k == 'entries-added' then added = info[j + 1]
-      elseif k == 'length' then length = info[j + 1]
-      elseif k == 'last-generated-id' then last = info[j + 1] end
+    local x = redis.call('XINFO', 'STREAM', stream)
+    info = {}
+    for j = 1, #x, 2 do
+      local k, v = x[j], x[j + 1]
+      if k == 'first-entry' then
+        info[#info + 1] = k
+        info[#info + 1] = v and {v[1]} or false
+      elseif k == 'length' or k == 'entries-added' or k == 'last-generated-id' then
+        info[#info + 1] = k
+        info[#info + 1] = v
+      end
     end
-    if added > length then trimmed = 1 end
-    if count > 0 then
-      entries = redis.call('XRANGE', stream, '(' .. after, '+', 'COUNT', count)
+    if after ~= MAX then
+      local from, bytes = '(' .. after, 0
+      while #entries < count and bytes < budget do
+        local want = math.min(count - #entries, 64)
+        local chunk = redis.call('XRANGE', stream, from, '+', 'COUNT', want)
+        for _, e in ipairs(chunk) do
+          entries[#entries + 1] = e
+          local f = e[2]
+          for j = 2, #f, 2 do bytes = bytes + #f[j] end
+          if bytes >= budget then break end
+        end
+        if #chunk < want then break end
+        from = '(' .. chunk[#chunk][1]
+      end
     end
   end
-  out[#out + 1] = {epoch, first, trimmed, last, entries}
+  out[#out + 1] = {epoch, info, entries}
 end
 return out
 "#,
     )
 });
 
+/// Connections in a pool at most (history pages and cursor checks); the concurrency limit is
+/// the semaphore, a connection carries several requests at once.
+pub const MAX_POOL: usize = 4;
+
+/// Size of the history pool for a concurrency limit.
+pub fn pool_size(history_concurrency: usize) -> usize {
+    history_concurrency.clamp(1, MAX_POOL)
+}
+
 /// One entry of a stream.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub id: EntryId,
+    /// The stored `Event` bytes ([`MALFORMED_EVENT`] for a malformed entry).
     pub event: Bytes,
-    /// Ingest time, microseconds.
+    /// Ingest time, microseconds (0 when the entry carries none: the ingest stamps only the
+    /// last entry of each write).
     pub ingest_us: i64,
+}
+
+impl Entry {
+    /// The entry had no usable event (or an ID out of range): it stands only for its position.
+    /// Its `event` never decodes, so a reader that decodes skips it like any bad `ev`.
+    pub fn is_malformed(&self) -> bool {
+        self.event.as_ref() == MALFORMED_EVENT
+    }
 }
 
 /// What one read found in one partition.
@@ -58,8 +117,10 @@ pub struct Entry {
 pub struct PartRead {
     pub epoch: Option<String>,
     pub first: Option<EntryId>,
-    /// Retention has removed entries (all of them below `first`).
+    /// Retention has removed entries (all of them below `first`): the stream has ever added
+    /// more entries than it holds.
     pub trimmed: bool,
+    /// The stream's last generated ID.
     pub last: EntryId,
     pub entries: Vec<Entry>,
 }
@@ -90,19 +151,58 @@ impl ReadError {
     }
 }
 
-/// Access to the streams of one topic.
+/// The Redis connections of one replica, one per kind of reader.
+pub struct Connections {
+    /// The tail loop's reads and partition discovery.
+    pub tail: ConnectionManager,
+    /// The progress watcher, so that it still answers while a tail read is stuck.
+    pub watch: ConnectionManager,
+    /// `XREAD BLOCK` only: a blocked command holds its connection.
+    pub blocking: ConnectionManager,
+    /// History pages and cursor checks, used in turn (at least one).
+    pub pool: Vec<ConnectionManager>,
+}
+
+/// Settings of [`Streams`].
+#[derive(Debug, Clone)]
+pub struct StreamsOptions {
+    /// Deadline of one command (the blocking `XREAD` gets its block time more).
+    pub timeout: Duration,
+    /// History pages in flight at once, per replica (`GATEWAY_HISTORY_CONCURRENCY`).
+    pub history_concurrency: usize,
+    /// Bytes one tail read may return, shared evenly by the partitions it reads
+    /// (`GATEWAY_TAIL_READ_BYTES`).
+    pub tail_read_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Tail,
+    Watch,
+    History,
+}
+
+/// Access to the streams of one topic. [`Streams::new`] gives the handle for sessions and
+/// cursor checks; [`Streams::tail`] and [`Streams::watcher`] the tail loop's and the progress
+/// watcher's.
 #[derive(Clone)]
 pub struct Streams {
-    conn: ConnectionManager,
-    /// A connection of its own for `XREAD BLOCK`: a blocked command holds its connection, and
-    /// nothing else may queue behind it.
-    blocking: ConnectionManager,
-    keys: StreamKeys,
-    timeout: Duration,
+    shared: Arc<Shared>,
+    role: Role,
+}
+
+struct Shared {
+    conns: Connections,
+    next: AtomicUsize,
+    history: Semaphore,
+    keys: Keys,
+    opts: StreamsOptions,
     metrics: Arc<Metrics>,
 }
 
 impl Streams {
+    /// One connection for everything but `XREAD BLOCK` (tests and tools); the service uses
+    /// [`Streams::with_connections`].
     pub fn new(
         conn: ConnectionManager,
         blocking: ConnectionManager,
@@ -110,12 +210,71 @@ impl Streams {
         timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self {
-            conn,
-            blocking,
+        Self::with_connections(
+            Connections {
+                tail: conn.clone(),
+                watch: conn.clone(),
+                blocking,
+                pool: vec![conn],
+            },
             keys,
-            timeout,
+            StreamsOptions {
+                timeout,
+                history_concurrency: 8,
+                tail_read_bytes: 1 << 20,
+            },
             metrics,
+        )
+    }
+
+    pub fn with_connections(
+        conns: Connections,
+        keys: StreamKeys,
+        opts: StreamsOptions,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        assert!(
+            !conns.pool.is_empty(),
+            "the history pool needs a connection"
+        );
+        Self {
+            shared: Arc::new(Shared {
+                conns,
+                next: AtomicUsize::new(0),
+                history: Semaphore::new(opts.history_concurrency.max(1)),
+                keys: Keys::new(keys),
+                opts,
+                metrics,
+            }),
+            role: Role::History,
+        }
+    }
+
+    /// The tail loop's handle: its own connection, reads bounded in bytes as well as entries.
+    pub fn tail(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            role: Role::Tail,
+        }
+    }
+
+    /// The progress watcher's handle: its own connection.
+    pub fn watcher(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            role: Role::Watch,
+        }
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        let c = &self.shared.conns;
+        match self.role {
+            Role::Tail => c.tail.clone(),
+            Role::Watch => c.watch.clone(),
+            Role::History => {
+                let i = self.shared.next.fetch_add(1, Ordering::Relaxed);
+                c.pool[i % c.pool.len()].clone()
+            }
         }
     }
 
@@ -130,12 +289,14 @@ impl Streams {
             Ok(r) => r.map_err(ReadError::from),
             Err(_) => Err(ReadError::Timeout),
         };
-        self.metrics
+        self.shared
+            .metrics
             .redis_seconds
             .with_label_values(&[command])
             .observe(started.elapsed().as_secs_f64());
         if let Err(e) = &r {
-            self.metrics
+            self.shared
+                .metrics
                 .redis_errors
                 .with_label_values(&[e.kind()])
                 .inc();
@@ -145,15 +306,23 @@ impl Streams {
 
     /// Partitions that have a stream.
     pub async fn partitions(&self) -> Result<Vec<i32>, ReadError> {
-        let mut c = self.conn.clone();
-        let cmd = redis::cmd("SMEMBERS").arg(self.keys.partitions()).clone();
+        let mut c = self.conn();
+        let cmd = redis::cmd("SMEMBERS")
+            .arg(&self.shared.keys.partitions)
+            .clone();
         let v: Vec<i32> = self
-            .timed("smembers", self.timeout, cmd.query_async(&mut c))
+            .timed(
+                "smembers",
+                self.shared.opts.timeout,
+                cmd.query_async(&mut c),
+            )
             .await?;
         Ok(v)
     }
 
     /// Reads up to `count` entries after each given position (0 reads only the metadata).
+    /// The tail's handle stops earlier at its byte budget (at least one entry per partition);
+    /// a history page always holds `count` entries unless the stream has fewer.
     pub async fn read(
         &self,
         from: &[(i32, EntryId)],
@@ -162,18 +331,83 @@ impl Streams {
         if from.is_empty() {
             return Ok(Vec::new());
         }
-        let mut inv = READ.prepare_invoke();
-        inv.arg(count);
-        for (p, after) in from {
-            inv.key(self.keys.stream(*p))
-                .key(self.keys.meta(*p))
-                .arg(after.to_string());
+        // The tail's entry reads are the script's; everything else is a transaction.
+        let (v, scripted) = match (self.role, count) {
+            (Role::Tail, n) if n > 0 => (self.tail_read(from, n).await?, true),
+            (Role::History, n) if n > 0 => {
+                let waited = Instant::now();
+                let _permit = self
+                    .shared
+                    .history
+                    .acquire()
+                    .await
+                    .map_err(|_| ReadError::Reply("history semaphore closed"))?;
+                self.shared
+                    .metrics
+                    .history_wait
+                    .observe(waited.elapsed().as_secs_f64());
+                (self.tx_read("history", from, n).await?, false)
+            }
+            (Role::Tail, _) => (self.tx_read("read", from, 0).await?, false),
+            (Role::Watch, n) => (self.tx_read("watch", from, n).await?, false),
+            (Role::History, _) => (self.tx_read("check", from, 0).await?, false),
+        };
+        let (reads, dropped) = if scripted {
+            reply::script_reads(v, from.len())
+        } else {
+            reply::tx_reads(v, from, count)
         }
-        let mut c = self.conn.clone();
-        let v: Value = self
-            .timed("read", self.timeout, inv.invoke_async(&mut c))
-            .await?;
-        parse_reads(v).ok_or(ReadError::Reply("read script"))
+        .map_err(|e| match e {
+            reply::Problem::Shape(s) => ReadError::Reply(s),
+            reply::Problem::Server(e) => ReadError::Redis(e.into()),
+        })?;
+        if dropped > 0 {
+            // Entries without a usable ID cannot be handed on at a position: count them here.
+            self.shared.metrics.decode_errors.inc_by(dropped);
+            tracing::warn!(dropped, "stream entries without a usable ID skipped");
+        }
+        Ok(reads)
+    }
+
+    async fn tail_read(&self, from: &[(i32, EntryId)], count: usize) -> Result<Value, ReadError> {
+        let budget = (self.shared.opts.tail_read_bytes / from.len()).max(1);
+        let mut inv = TAIL_READ.prepare_invoke();
+        inv.arg(count).arg(budget);
+        for (p, after) in from {
+            let k = self.shared.keys.part(*p);
+            inv.key(&k.stream).key(&k.meta).arg(reply::redis_id(*after));
+        }
+        let mut c = self.conn();
+        self.timed("read", self.shared.opts.timeout, inv.invoke_async(&mut c))
+            .await
+    }
+
+    /// `MULTI`, then per partition `HGET epoch`, `XINFO STREAM` and (with a count) `XRANGE`,
+    /// then `EXEC`. `XINFO` fails on a missing stream: that answer is kept, not raised.
+    async fn tx_read(
+        &self,
+        label: &'static str,
+        from: &[(i32, EntryId)],
+        count: usize,
+    ) -> Result<Value, ReadError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic().ignore_errors();
+        for (p, after) in from {
+            let k = self.shared.keys.part(*p);
+            pipe.cmd("HGET").arg(&k.meta).arg("epoch");
+            pipe.cmd("XINFO").arg("STREAM").arg(&k.stream);
+            if reply::reads_entries(*after, count) {
+                pipe.cmd("XRANGE")
+                    .arg(&k.stream)
+                    .arg(format!("({}", reply::redis_id(*after)))
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(count);
+            }
+        }
+        let mut c = self.conn();
+        self.timed(label, self.shared.opts.timeout, pipe.query_async(&mut c))
+            .await
     }
 
     /// Blocks up to `block` until any stream has an entry after its position.
@@ -185,77 +419,67 @@ impl Streams {
             .arg(block.as_millis() as u64)
             .arg("STREAMS");
         for (p, _) in from {
-            cmd.arg(self.keys.stream(*p));
+            cmd.arg(&self.shared.keys.part(*p).stream);
         }
         for (_, id) in from {
-            cmd.arg(id.to_string());
+            cmd.arg(reply::redis_id(*id));
         }
-        let mut c = self.blocking.clone();
+        let mut c = self.shared.conns.blocking.clone();
         let _: Value = self
-            .timed("xread", self.timeout + block, cmd.query_async(&mut c))
+            .timed(
+                "xread",
+                self.shared.opts.timeout + block,
+                cmd.query_async(&mut c),
+            )
             .await?;
         Ok(())
     }
 }
 
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    }
+/// Key names, built once per partition.
+struct Keys {
+    keys: StreamKeys,
+    partitions: String,
+    parts: RwLock<HashMap<i32, Arc<PartKeys>>>,
 }
 
-fn parse_reads(v: Value) -> Option<Vec<PartRead>> {
-    let Value::Array(parts) = v else { return None };
-    parts
-        .into_iter()
-        .map(|p| {
-            let Value::Array(f) = p else { return None };
-            if f.len() != 5 {
-                return None;
-            }
-            let epoch = text(&f[0]);
-            let first = text(&f[1]).and_then(|s| EntryId::parse(&s));
-            let trimmed = matches!(f[2], Value::Int(1));
-            let last = text(&f[3])
-                .and_then(|s| EntryId::parse(&s))
-                .unwrap_or(EntryId::ZERO);
-            let mut entries = Vec::new();
-            if let Value::Array(es) = &f[4] {
-                for e in es {
-                    let Value::Array(pair) = e else { return None };
-                    let id = EntryId::parse(&text(pair.first()?)?)?;
-                    let Value::Array(fields) = pair.get(1)? else {
-                        return None;
-                    };
-                    let mut event = None;
-                    let mut ingest_us = 0;
-                    for kv in fields.chunks(2) {
-                        match (text(&kv[0]).as_deref(), kv.get(1)) {
-                            (Some("ev"), Some(Value::BulkString(b))) => {
-                                event = Some(Bytes::from(b.clone()))
-                            }
-                            (Some("ts"), Some(v)) => {
-                                ingest_us = text(v).and_then(|s| s.parse().ok()).unwrap_or(0)
-                            }
-                            _ => {}
-                        }
-                    }
-                    entries.push(Entry {
-                        id,
-                        event: event?,
-                        ingest_us,
-                    });
-                }
-            }
-            Some(PartRead {
-                epoch,
-                first,
-                trimmed,
-                last,
-                entries,
-            })
-        })
-        .collect()
+struct PartKeys {
+    stream: String,
+    meta: String,
+}
+
+/// Partitions whose key names are kept (a forged cursor may name many that do not exist).
+const MAX_CACHED_KEYS: usize = crate::cursor::MAX_PARTITIONS;
+
+impl Keys {
+    fn new(keys: StreamKeys) -> Self {
+        Self {
+            partitions: keys.partitions(),
+            keys,
+            parts: RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn part(&self, p: i32) -> Arc<PartKeys> {
+        if let Some(k) = self
+            .parts
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&p)
+        {
+            return k.clone();
+        }
+        let k = Arc::new(PartKeys {
+            stream: self.keys.stream(p),
+            meta: self.keys.meta(p),
+        });
+        let mut parts = self
+            .parts
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if parts.len() < MAX_CACHED_KEYS {
+            parts.insert(p, k.clone());
+        }
+        k
+    }
 }
