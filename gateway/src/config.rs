@@ -77,6 +77,14 @@ pub struct GatewayArgs {
         default_value_t = 1024
     )]
     pub live_buffer: usize,
+    /// Bytes of tail passes the shared live buffer may hold before the sessions furthest
+    /// behind leave it for Redis history.
+    #[arg(
+        long = "live-buffer-bytes",
+        env = "GATEWAY_LIVE_BUFFER_BYTES",
+        default_value_t = 64 * 1024 * 1024
+    )]
+    pub live_buffer_bytes: usize,
     /// Largest `events` frame, in bytes (an event larger than this goes alone in its own
     /// frame).
     #[arg(
@@ -167,6 +175,7 @@ pub struct GatewaySettings {
     pub max_connections_per_ip: usize,
     pub trusted_proxies: Vec<IpNet>,
     pub live_buffer: usize,
+    pub live_buffer_bytes: usize,
     pub drain_timeout: Duration,
     pub sequence_capacity: usize,
     pub history_concurrency: usize,
@@ -251,6 +260,12 @@ impl GatewayArgs {
             "live-buffer",
             self.live_buffer as u64,
             1,
+        );
+        at_least(
+            "GATEWAY_LIVE_BUFFER_BYTES",
+            "live-buffer-bytes",
+            self.live_buffer_bytes as u64,
+            1024 * 1024,
         );
         at_least(
             "GATEWAY_MAX_FRAME_BYTES",
@@ -340,6 +355,7 @@ impl GatewayArgs {
                 max_connections_per_ip: self.max_connections_per_ip,
                 trusted_proxies: trusted,
                 live_buffer: self.live_buffer,
+                live_buffer_bytes: self.live_buffer_bytes,
                 drain_timeout: drain,
                 sequence_capacity: self.sequence_capacity,
                 history_concurrency: self.history_concurrency,

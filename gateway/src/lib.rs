@@ -34,7 +34,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), prometheus::Error> {
     let metrics = Arc::new(metrics::Metrics::new(&registry)?);
-    let live = reader::Live::new(settings.live_buffer, settings.ws.max_frame_bytes);
+    let live = reader::Live::new(settings.live_buffer, settings.ws.max_frame_bytes)
+        .with_byte_budget(settings.live_buffer_bytes);
     // The operations endpoints answer from the start (/healthz 200, /readyz 503 until Redis
     // is reached); /ws answers 503 until the gateway is built.
     let gateway_cell: Arc<OnceLock<Arc<ws::Gateway>>> = Arc::new(OnceLock::new());

@@ -16,6 +16,10 @@ pub struct Metrics {
     pub events_sent: IntCounter,
     pub bytes_sent: IntCounter,
     pub catchup_switches: IntCounter,
+    /// Sessions that left a live buffer over its byte budget for Redis history.
+    pub ring_sheds: IntCounter,
+    /// Bytes held by the live buffer.
+    pub live_buffer_bytes: IntGauge,
     pub gaps: IntCounterVec,
     pub resumes: IntCounterVec,
     pub client_errors: IntCounterVec,
@@ -66,6 +70,8 @@ impl Metrics {
             events_sent: c("events_sent_total", "Events sent to clients (one per client that received it)")?,
             bytes_sent: c("bytes_sent_total", "Payload bytes of frames sent to clients")?,
             catchup_switches: c("catchup_switches_total", "Times a client fell behind the live buffer and was switched to reading Redis history")?,
+            ring_sheds: c("live_buffer_sheds_total", "Times a client behind the live buffer left it because the buffer held more than GATEWAY_LIVE_BUFFER_BYTES (it reads Redis history instead)")?,
+            live_buffer_bytes: IntGauge::with_opts(Opts::new("live_buffer_bytes", "Bytes of tail passes held by the live buffer (not yet taken by every client)").namespace(NS))?,
             gaps: cv("gaps_total", "gap frames sent, by reason (retention, reset)", &["reason"])?,
             resumes: cv("resumes_total", "Connections that asked to resume from a cursor, by outcome (ok, gap, bad_cursor)", &["outcome"])?,
             client_errors: cv("client_errors_total", "Bad client input, by kind", &["kind"])?,
@@ -101,6 +107,8 @@ impl Metrics {
         registry.register(Box::new(m.events_sent.clone()))?;
         registry.register(Box::new(m.bytes_sent.clone()))?;
         registry.register(Box::new(m.catchup_switches.clone()))?;
+        registry.register(Box::new(m.ring_sheds.clone()))?;
+        registry.register(Box::new(m.live_buffer_bytes.clone()))?;
         registry.register(Box::new(m.gaps.clone()))?;
         registry.register(Box::new(m.resumes.clone()))?;
         registry.register(Box::new(m.client_errors.clone()))?;

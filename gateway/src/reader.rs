@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 use crate::streams::{PartRead, Streams};
 use dashstream::seq::{SeqOutcome, SequenceTracker};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
@@ -56,6 +56,23 @@ pub struct Pass {
     /// The pass's frames for an unfiltered session holding `before`, per format, built once.
     shared: [OnceLock<Arc<[Outgoing]>>; 2],
     max_frame_bytes: usize,
+    /// Bytes this pass holds, counted in the ring's total until it is dropped (when every
+    /// receiver has taken it).
+    bytes: usize,
+    /// Bytes of the shared frames built so far.
+    shared_bytes: AtomicUsize,
+    ring_bytes: Option<Arc<AtomicUsize>>,
+}
+
+impl Drop for Pass {
+    fn drop(&mut self) {
+        if let Some(r) = &self.ring_bytes {
+            r.fetch_sub(
+                self.bytes + self.shared_bytes.load(Ordering::Relaxed),
+                Ordering::Relaxed,
+            );
+        }
+    }
 }
 
 impl std::fmt::Debug for Pass {
@@ -78,7 +95,14 @@ impl Pass {
             let mut cursor = self.before.clone();
             let mut b = FrameBuilder::new(format, self.max_frame_bytes);
             b.apply_pass(&mut cursor, &self.items, None, true);
-            b.finish(&cursor, None).into()
+            let frames: Arc<[Outgoing]> = b.finish(&cursor, None).into();
+            // The frames live as long as the pass: count them in the ring's bytes too.
+            let n: usize = frames.iter().map(|f| f.wire.len()).sum();
+            self.shared_bytes.fetch_add(n, Ordering::Relaxed);
+            if let Some(r) = &self.ring_bytes {
+                r.fetch_add(n, Ordering::Relaxed);
+            }
+            frames
         })
         .clone()
     }
@@ -91,6 +115,16 @@ impl Pass {
         after: Arc<Cursor>,
         max_frame_bytes: usize,
     ) -> Self {
+        let bytes = items
+            .iter()
+            .map(|i| match i {
+                LiveItem::Events { events, .. } => events
+                    .iter()
+                    .map(|e| e.json.len() + e.proto.len() + PER_EVENT_OVERHEAD)
+                    .sum(),
+                _ => 0,
+            })
+            .sum::<usize>();
         Self {
             gen,
             items,
@@ -98,9 +132,19 @@ impl Pass {
             after,
             shared: [OnceLock::new(), OnceLock::new()],
             max_frame_bytes,
+            bytes,
+            shared_bytes: AtomicUsize::new(0),
+            ring_bytes: None,
         }
     }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
 }
+
+/// What an event costs besides its encodings (the `LiveEvent`, its strings, the `Arc`).
+const PER_EVENT_OVERHEAD: usize = 160;
 
 /// Shared live state of the replica.
 pub struct Live {
@@ -108,6 +152,12 @@ pub struct Live {
     /// The canonical cursor (the tops as of the last pass) and that pass's generation.
     canonical: RwLock<(u64, Arc<Cursor>)>,
     max_frame_bytes: usize,
+    /// Bytes of the passes in the ring (not yet taken by every receiver).
+    ring_bytes: Arc<AtomicUsize>,
+    ring_budget: usize,
+    newest_gen: AtomicU64,
+    /// Woken when a pass leaves the ring over its byte budget.
+    over_budget: tokio::sync::Notify,
     /// Newest position read per partition (updated before each broadcast).
     pub tops: RwLock<BTreeMap<i32, PartitionPos>>,
     /// Last time the loop completed an iteration (ms since `start`).
@@ -130,6 +180,10 @@ impl Live {
             tx,
             canonical: RwLock::new((0, Arc::new(Cursor::default()))),
             max_frame_bytes,
+            ring_bytes: Arc::new(AtomicUsize::new(0)),
+            ring_budget: usize::MAX,
+            newest_gen: AtomicU64::new(0),
+            over_budget: tokio::sync::Notify::new(),
             tops: RwLock::new(BTreeMap::new()),
             heartbeat_ms: AtomicU64::new(0),
             start: Instant::now(),
@@ -156,6 +210,36 @@ impl Live {
             .clone()
     }
 
+    /// Sets the ring's byte budget (see [`Live::should_shed`]).
+    pub fn with_byte_budget(self: Arc<Self>, budget: usize) -> Arc<Self> {
+        match Arc::try_unwrap(self) {
+            Ok(mut me) => {
+                me.ring_budget = budget;
+                Arc::new(me)
+            }
+            Err(me) => me,
+        }
+    }
+
+    /// Bytes held by the ring now.
+    pub fn ring_bytes(&self) -> usize {
+        self.ring_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Whether a session that just took pass `gen` should leave the ring for Redis history:
+    /// the ring holds more than its byte budget, and the session is behind (a session at the
+    /// head would free nothing). The sessions furthest behind hold the oldest passes, so
+    /// they are the ones that see this first.
+    pub fn should_shed(&self, gen: u64) -> bool {
+        self.ring_bytes() > self.ring_budget
+            && gen + SHED_BEHIND < self.newest_gen.load(Ordering::Relaxed)
+    }
+
+    /// Resolves the next time a pass is published while the ring is over its byte budget.
+    pub async fn over_budget(&self) {
+        self.over_budget.notified().await
+    }
+
     /// The canonical cursor and its generation.
     pub fn canonical(&self) -> (u64, Arc<Cursor>) {
         self.canonical
@@ -177,13 +261,14 @@ impl Live {
             c.0 += 1;
             (c.0, before)
         };
-        let _ = self.tx.send(Arc::new(Pass::new(
-            gen,
-            items,
-            before,
-            after,
-            self.max_frame_bytes,
-        )));
+        let mut pass = Pass::new(gen, items, before, after, self.max_frame_bytes);
+        self.ring_bytes.fetch_add(pass.bytes, Ordering::Relaxed);
+        pass.ring_bytes = Some(self.ring_bytes.clone());
+        self.newest_gen.store(gen, Ordering::Relaxed);
+        let _ = self.tx.send(Arc::new(pass));
+        if self.ring_bytes() > self.ring_budget {
+            self.over_budget.notify_waiters();
+        }
     }
 }
 
@@ -221,6 +306,9 @@ impl dashstream::http::Readiness for Live {
         }
     }
 }
+
+/// How many passes behind the newest a session must be to be shed from a ring over budget.
+const SHED_BEHIND: u64 = 2;
 
 /// Settings of the tail loop.
 pub struct TailOptions {
@@ -265,6 +353,7 @@ pub async fn run(
             if !items.is_empty() {
                 live.publish_pass(items);
             }
+            metrics.live_buffer_bytes.set(live.ring_bytes() as i64);
             Ok::<(), crate::streams::ReadError>(())
         };
         let r = tokio::select! {

@@ -143,7 +143,26 @@ impl Session {
                                 Err(_) => break,
                             }
                         }
-                        self.deliver_passes(&mut cursor, &passes).await?;
+                        let newest = passes.last().map_or(0, |p| p.gen);
+                        let mut ring = Some(rx);
+                        self.deliver_passes(&mut cursor, &passes, &mut ring, newest)
+                            .await?;
+                        drop(passes);
+                        if !lagged && ring.is_some() && self.live.should_shed(newest) {
+                            // The ring is over its byte budget and this session is behind:
+                            // it leaves the ring (freeing what it held) and reads history.
+                            self.metrics.ring_sheds.inc();
+                            ring = None;
+                        }
+                        match ring {
+                            Some(r) => rx = r,
+                            None => {
+                                // Left the ring while it waited for its client (see
+                                // `permit_live`): what it missed is read from Redis.
+                                lagged = true;
+                                rx = self.live.tx.subscribe();
+                            }
+                        }
                         if lagged {
                             self.metrics.catchup_switches.inc();
                             rx = self.catch_up(&mut cursor, false).await?;
@@ -175,6 +194,47 @@ impl Session {
             .map_err(|_| Stop::Gone)
     }
 
+    /// Like [`permit`](Self::permit), for a session holding `ring` at pass `gen`: while it
+    /// waits for its client, a ring over its byte budget can make it let go of the ring
+    /// (`ring` becomes `None`) so the passes it has not taken yet are freed.
+    async fn permit_live(
+        &self,
+        bytes: usize,
+        ring: &mut Option<broadcast::Receiver<Arc<Pass>>>,
+        gen: u64,
+    ) -> Result<OwnedSemaphorePermit, Stop> {
+        loop {
+            if ring.is_none() {
+                return self.permit(bytes).await;
+            }
+            tokio::select! {
+                p = self.permit(bytes) => return p,
+                _ = self.live.over_budget() => {
+                    if self.live.should_shed(gen) {
+                        self.metrics.ring_sheds.inc();
+                        *ring = None;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send_live(
+        &self,
+        frames: Vec<Outgoing>,
+        ring: &mut Option<broadcast::Receiver<Arc<Pass>>>,
+        gen: u64,
+    ) -> Result<(), Stop> {
+        for f in frames {
+            let permit = self.permit_live(f.wire.len(), ring, gen).await?;
+            self.out
+                .send(Outbound::Frame(f, Some(permit)))
+                .await
+                .map_err(|_| Stop::Gone)?;
+        }
+        Ok(())
+    }
+
     async fn send(&self, frames: Vec<Outgoing>) -> Result<(), Stop> {
         for f in frames {
             let permit = self.permit(f.wire.len()).await?;
@@ -186,12 +246,17 @@ impl Session {
         Ok(())
     }
 
-    async fn send_shared(&self, frames: Arc<[Outgoing]>) -> Result<(), Stop> {
+    async fn send_shared(
+        &self,
+        frames: Arc<[Outgoing]>,
+        ring: &mut Option<broadcast::Receiver<Arc<Pass>>>,
+        gen: u64,
+    ) -> Result<(), Stop> {
         if frames.is_empty() {
             return Ok(());
         }
         let bytes = frames.iter().map(|f| f.wire.len()).sum();
-        let permit = self.permit(bytes).await?;
+        let permit = self.permit_live(bytes, ring, gen).await?;
         self.out
             .send(Outbound::Shared(frames, Some(permit)))
             .await
@@ -204,6 +269,8 @@ impl Session {
         &self,
         cursor: &mut Arc<Cursor>,
         passes: &[Arc<Pass>],
+        ring: &mut Option<broadcast::Receiver<Arc<Pass>>>,
+        gen: u64,
     ) -> Result<(), Stop> {
         let filtered = self.filtered();
         let mut b = FrameBuilder::new(self.format, self.max_frame_bytes);
@@ -212,8 +279,9 @@ impl Session {
             if in_step && !filtered {
                 let own =
                     std::mem::replace(&mut b, FrameBuilder::new(self.format, self.max_frame_bytes));
-                self.send(own.finish(cursor, None)).await?;
-                self.send_shared(pass.shared_frames(self.format)).await?;
+                self.send_live(own.finish(cursor, None), ring, gen).await?;
+                self.send_shared(pass.shared_frames(self.format), ring, gen)
+                    .await?;
                 *cursor = pass.after.clone();
                 continue;
             }
@@ -235,7 +303,7 @@ impl Session {
                                     &mut b,
                                     FrameBuilder::new(self.format, self.max_frame_bytes),
                                 );
-                                self.send(own.finish(cursor, None)).await?;
+                                self.send_live(own.finish(cursor, None), ring, gen).await?;
                                 self.catch_up_partition(cursor, *partition, None).await?;
                                 continue;
                             }
@@ -259,7 +327,7 @@ impl Session {
                 *cursor = pass.after.clone();
             }
         }
-        self.send(b.finish(cursor, None)).await
+        self.send_live(b.finish(cursor, None), ring, gen).await
     }
 
     /// Reads Redis history up to the live position of every partition, then returns a live

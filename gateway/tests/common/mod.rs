@@ -261,6 +261,17 @@ pub async fn connect_with(
 }
 
 impl Client {
+    /// A client over a TCP stream the caller set up (e.g. with a small receive buffer).
+    pub async fn over(addr: &str, query: &str, stream: tokio::net::TcpStream) -> Self {
+        let (ws, _) = tokio_tungstenite::client_async(
+            format!("ws://{addr}/ws?{query}"),
+            tokio_tungstenite::MaybeTlsStream::Plain(stream),
+        )
+        .await
+        .expect("upgrade");
+        Self { ws }
+    }
+
     pub async fn send_text(&mut self, t: &str) {
         let _ = self.ws.send(Message::Text(t.into())).await;
     }
