@@ -416,7 +416,7 @@ impl FrameBuilder {
             return;
         }
         let before = cursor.clone();
-        let from = known.map_or(0, |k| k.last.offset.saturating_add(1));
+        let from = known.map_or(0, |k| crate::session::next_offset(k.last));
         Arc::make_mut(cursor).parts.insert(
             partition,
             PartitionPos {
@@ -448,11 +448,11 @@ impl FrameBuilder {
         let Some(k) = cursor.parts.get(&partition) else {
             return;
         };
-        if k.epoch != epoch || k.last.offset >= to {
+        if k.epoch != epoch || crate::session::next_offset(k.last) > to {
             return;
         }
         let before = cursor.clone();
-        let from = from.max(k.last.offset.saturating_add(1));
+        let from = from.max(crate::session::next_offset(k.last));
         Arc::make_mut(cursor).parts.insert(
             partition,
             PartitionPos {

@@ -527,7 +527,7 @@ fn publish(
         // The loop could not read this stream for longer than its retention: the entries
         // between its position and the oldest one kept are gone. Say so to every client.
         let next_kept = read.first.map_or(read.last.offset + 1, |f| f.offset);
-        let (from, to) = (known.last.offset.saturating_add(1), next_kept - 1);
+        let (from, to) = (crate::session::next_offset(known.last), next_kept - 1);
         tracing::warn!(
             partition = p,
             from,

@@ -307,18 +307,83 @@ impl Session {
                                 self.catch_up_partition(cursor, *partition, None).await?;
                                 continue;
                             }
-                            let after = pos.map_or(EntryId::ZERO, |p| p.last);
+                            // The pass follows the tail's position before it: a session behind
+                            // that (a catch-up that stopped early, e.g. on a stream whose meta
+                            // was missing for a moment) reads the difference from Redis first,
+                            // or leaves these events to its next catch-up (they stay in Redis).
+                            if let Some(b4) = pass.before.parts.get(partition) {
+                                let after = pos.map_or(EntryId::ZERO, |p| p.last);
+                                if b4.epoch.as_str() == &**epoch && after < b4.last {
+                                    let own = std::mem::replace(
+                                        &mut b,
+                                        FrameBuilder::new(self.format, self.max_frame_bytes),
+                                    );
+                                    self.send_live(own.finish(cursor, None), ring, gen).await?;
+                                    self.catch_up_partition(cursor, *partition, Some(b4))
+                                        .await?;
+                                    let now = cursor.parts.get(partition);
+                                    if now.is_none_or(|n| {
+                                        n.epoch.as_str() != &**epoch || n.last < b4.last
+                                    }) {
+                                        continue;
+                                    }
+                                }
+                            }
+                            let after = cursor
+                                .parts
+                                .get(partition)
+                                .map_or(EntryId::ZERO, |p| p.last);
                             for e in events.iter().filter(|e| e.id > after) {
                                 b.event(cursor, epoch, e, self.filter.matches(e), true);
                             }
                         }
-                        LiveItem::Reset { partition, epoch } => b.reset(cursor, *partition, epoch),
+                        LiveItem::Reset { partition, epoch } => {
+                            let mine = cursor.parts.get(partition).map(|k| k.epoch.clone());
+                            let tails = pass.before.parts.get(partition).map(|k| &k.epoch);
+                            match mine {
+                                // On the epoch the reset ends (the tail's before it): the gap.
+                                Some(m) if Some(&m) == tails => b.reset(cursor, *partition, epoch),
+                                // Already on the new epoch: nothing to say.
+                                Some(m) if m.as_str() == &**epoch => {}
+                                // On another epoch (one read from history that the tail has
+                                // not seen, or an older one): Redis says which is current.
+                                Some(_) => {
+                                    let own = std::mem::replace(
+                                        &mut b,
+                                        FrameBuilder::new(self.format, self.max_frame_bytes),
+                                    );
+                                    self.send_live(own.finish(cursor, None), ring, gen).await?;
+                                    self.catch_up_partition(cursor, *partition, None).await?;
+                                }
+                                None => b.reset(cursor, *partition, epoch),
+                            }
+                        }
                         LiveItem::Retention {
                             partition,
                             epoch,
                             from,
                             to,
-                        } => b.retention(cursor, *partition, epoch, *from, *to),
+                        } => {
+                            // Like events: a session behind the tail's position reads the
+                            // difference from Redis first (which names what is gone itself).
+                            if let Some(b4) = pass.before.parts.get(partition) {
+                                let pos = cursor.parts.get(partition);
+                                let after = pos.map_or(EntryId::ZERO, |p| p.last);
+                                if b4.epoch.as_str() == &**epoch
+                                    && pos.is_none_or(|p| p.epoch == b4.epoch)
+                                    && after < b4.last
+                                {
+                                    let own = std::mem::replace(
+                                        &mut b,
+                                        FrameBuilder::new(self.format, self.max_frame_bytes),
+                                    );
+                                    self.send_live(own.finish(cursor, None), ring, gen).await?;
+                                    self.catch_up_partition(cursor, *partition, Some(b4))
+                                        .await?;
+                                }
+                            }
+                            b.retention(cursor, *partition, epoch, *from, *to)
+                        }
                     }
                 }
             }
@@ -397,13 +462,7 @@ impl Session {
                     // Retention removed entries after the cursor: report the offsets that can
                     // no longer be delivered, once, and continue after them.
                     let next_kept = read.first.map_or(read.last.offset + 1, |f| f.offset);
-                    b.retention(
-                        cursor,
-                        p,
-                        &epoch,
-                        k.last.offset.saturating_add(1),
-                        next_kept - 1,
-                    );
+                    b.retention(cursor, p, &epoch, next_offset(k.last), next_kept - 1);
                     gapped = true;
                 }
                 Some(_) => {}
@@ -453,8 +512,18 @@ impl Session {
 /// record) just before the first kept entry is reported as missed too: the stream cannot tell.
 pub fn trimmed_after(last: EntryId, first: Option<EntryId>, newest: EntryId) -> bool {
     match first {
-        Some(f) => f.offset > last.offset.saturating_add(1),
+        Some(f) => f.offset > next_offset(last),
         None => newest > last,
+    }
+}
+
+/// The first offset after position `last`: offset 0 for a position at the start of an epoch
+/// (`0-0`, nothing delivered: a re-created topic starts at offset 0), else the next one.
+pub fn next_offset(last: EntryId) -> i64 {
+    if last == EntryId::ZERO {
+        0
+    } else {
+        last.offset.saturating_add(1)
     }
 }
 
