@@ -141,7 +141,7 @@ log "warming up: one record per partition at least"
 "$BIN/dashstream" produce --count 1200 --rate 0 --threads 1000 >&2
 wait_for "$PARTITIONS partition streams" 60 bash -c "[[ \$(redis-cli -p $redis_port scard $run_id:$run_id:partitions) == $PARTITIONS ]]"
 host="$(uname -n) ($(nproc) cores, $(awk '/^model name/ {sub(/.*: /, ""); print; exit}' /proc/cpuinfo))"
-emit "{\"kind\":\"run\",\"date\":\"$(date -u +%FT%TZ)\",\"commit\":\"$(git rev-parse --short HEAD 2>/dev/null || echo ?)\",\"gateway_bin\":\"$GATEWAY_BIN\",\"label\":\"${BENCH_LABEL:-}\",\"format\":\"$FORMAT\",\"host\":\"$host\",\"warmup_secs\":$WARMUP,\"secs\":$SECS}"
+emit "{\"kind\":\"run\",\"date\":\"$(date -u +%FT%TZ)\",\"commit\":\"$(git rev-parse --short HEAD 2>/dev/null || echo ?)\",\"gateway_bin\":\"$GATEWAY_BIN\",\"label\":\"${BENCH_LABEL:-}\",\"format\":\"$FORMAT\",\"host\":\"$host\",\"warmup_secs\":$WARMUP,\"secs\":$SECS,\"load_start\":$(cut -d' ' -f1 /proc/loadavg)}"
 
 log "1) live scenarios: $SCENARIOS (servers: $SERVERS; ${WARMUP}s warm-up, ${SECS}s window)"
 for sc in $SCENARIOS; do
@@ -204,6 +204,7 @@ if ((BEHIND > 0)); then
   emit "{\"kind\":\"catchup\",\"server\":\"gateway\",\"behind\":$BEHIND,\"result\":$res}"
 fi
 
+emit "{\"kind\":\"end\",\"date\":\"$(date -u +%FT%TZ)\",\"load_end\":$(cut -d' ' -f1 /proc/loadavg)}"
 log "figures: $OUT (logs: $logs)"
 python3 - "$OUT" <<'PY'
 import json, sys
@@ -212,6 +213,9 @@ run = rows[0]
 print(f"gateway fan-out, {run['date']}, commit {run['commit']}, {run['host']}, format={run['format']}, "
       f"window {run['secs']}s after {run['warmup_secs']}s warm-up, gateway {run['gateway_bin']}"
       + (f" ({run['label']})" if run.get("label") else ""))
+end = next((r for r in rows if r["kind"] == "end"), None)
+if end and "load_start" in run:
+    print(f"load average (1 min): {run['load_start']} at the start, {end['load_end']} at the end ({end['date']})")
 live = {}
 for r in rows:
     if r["kind"] == "live":
