@@ -277,9 +277,7 @@ impl Session {
         for pass in passes {
             let in_step = Arc::ptr_eq(cursor, &pass.before) || **cursor == *pass.before;
             if in_step && !filtered {
-                let own =
-                    std::mem::replace(&mut b, FrameBuilder::new(self.format, self.max_frame_bytes));
-                self.send_live(own.finish(cursor, None), ring, gen).await?;
+                self.flush_own(&mut b, cursor, ring, gen).await?;
                 self.send_shared(pass.shared_frames(self.format), ring, gen)
                     .await?;
                 *cursor = pass.after.clone();
@@ -299,11 +297,7 @@ impl Session {
                             if pos.is_some_and(|p| p.epoch.as_str() != &**epoch) {
                                 // An epoch this session has not been told about: re-read the
                                 // partition from Redis (the reset gap comes from there).
-                                let own = std::mem::replace(
-                                    &mut b,
-                                    FrameBuilder::new(self.format, self.max_frame_bytes),
-                                );
-                                self.send_live(own.finish(cursor, None), ring, gen).await?;
+                                self.flush_own(&mut b, cursor, ring, gen).await?;
                                 self.catch_up_partition(cursor, *partition, None).await?;
                                 continue;
                             }
@@ -314,11 +308,7 @@ impl Session {
                             if let Some(b4) = pass.before.parts.get(partition) {
                                 let after = pos.map_or(EntryId::ZERO, |p| p.last);
                                 if b4.epoch.as_str() == &**epoch && after < b4.last {
-                                    let own = std::mem::replace(
-                                        &mut b,
-                                        FrameBuilder::new(self.format, self.max_frame_bytes),
-                                    );
-                                    self.send_live(own.finish(cursor, None), ring, gen).await?;
+                                    self.flush_own(&mut b, cursor, ring, gen).await?;
                                     self.catch_up_partition(cursor, *partition, Some(b4))
                                         .await?;
                                     let now = cursor.parts.get(partition);
@@ -348,11 +338,7 @@ impl Session {
                                 // On another epoch (one read from history that the tail has
                                 // not seen, or an older one): Redis says which is current.
                                 Some(_) => {
-                                    let own = std::mem::replace(
-                                        &mut b,
-                                        FrameBuilder::new(self.format, self.max_frame_bytes),
-                                    );
-                                    self.send_live(own.finish(cursor, None), ring, gen).await?;
+                                    self.flush_own(&mut b, cursor, ring, gen).await?;
                                     self.catch_up_partition(cursor, *partition, None).await?;
                                 }
                                 None => b.reset(cursor, *partition, epoch),
@@ -373,11 +359,7 @@ impl Session {
                                     && pos.is_none_or(|p| p.epoch == b4.epoch)
                                     && after < b4.last
                                 {
-                                    let own = std::mem::replace(
-                                        &mut b,
-                                        FrameBuilder::new(self.format, self.max_frame_bytes),
-                                    );
-                                    self.send_live(own.finish(cursor, None), ring, gen).await?;
+                                    self.flush_own(&mut b, cursor, ring, gen).await?;
                                     self.catch_up_partition(cursor, *partition, Some(b4))
                                         .await?;
                                 }
@@ -393,6 +375,18 @@ impl Session {
             }
         }
         self.send_live(b.finish(cursor, None), ring, gen).await
+    }
+
+    /// Sends what `b` holds (its cursor is `cursor`) and leaves it empty.
+    async fn flush_own(
+        &self,
+        b: &mut FrameBuilder,
+        cursor: &Arc<Cursor>,
+        ring: &mut Option<broadcast::Receiver<Arc<Pass>>>,
+        gen: u64,
+    ) -> Result<(), Stop> {
+        let own = std::mem::replace(b, FrameBuilder::new(self.format, self.max_frame_bytes));
+        self.send_live(own.finish(cursor, None), ring, gen).await
     }
 
     /// Reads Redis history up to the live position of every partition, then returns a live
