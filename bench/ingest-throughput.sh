@@ -172,6 +172,7 @@ redis_quiet() {
 field="$(head -c 200 /dev/zero | tr '\0' x)"
 xadd_cmd="redis-benchmark -p $redis_port -P 32 -n $EVENTS -q XADD $run_id:xadd '*' ev <200 bytes>"
 results=()
+: >"$DASHSTREAM_STATE_DIR/bench-ingest.log" # this invocation's ingest logs, all runs
 for ((run = 1; run <= RUNS; run++)); do
   KAFKA_GROUP_ID="$run_id-r$run"
   REDIS_KEY_PREFIX="$run_id-r$run"
