@@ -31,7 +31,7 @@
 #   BENCH_OUT           JSON lines of every figure (default .local/bench-gateway-<time>.jsonl)
 #   BENCH_LABEL         a note printed with the figures (e.g. which gateway build)
 #   GATEWAY_*           passed on to the gateway
-# The defaults take about 5 minutes after the build (4 min 10 s in the baseline run).
+# The defaults take about 3 minutes after the build.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=../deploy/local/lib.sh
