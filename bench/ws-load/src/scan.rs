@@ -482,9 +482,10 @@ mod tests {
         assert_eq!(proto_events(&f[..f.len() - 3], |_| {}), None);
     }
 
-    /// `cargo test --release -p dashstream-ws-load -- --ignored --nocapture scan_speed`
+    /// The scanner and a JSON DOM read the same timestamps; with `--nocapture` it also prints
+    /// their cost per event. For the figure: `SCAN_SPEED_ROUNDS=100000 cargo test --release
+    /// -p dashstream-ws-load -- --nocapture scan_speed`.
     #[test]
-    #[ignore = "a measurement: run in release with --nocapture"]
     fn scan_speed() {
         let mut frame = br#"{"type":"events","cursor":"x","events":["#.to_vec();
         for i in 0..10 {
@@ -497,19 +498,29 @@ mod tests {
             frame.extend(dashstream::codec::event_json(3, 1000 + i as i64, 1, &e));
         }
         frame.extend(b"]}");
-        let (n, mut sum) = (100_000u32, 0i64);
+        let n: u32 = std::env::var("SCAN_SPEED_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000);
+        let (mut sum, mut dom_sum) = (0i64, 0i64);
         let per_event = |t: std::time::Instant| t.elapsed().as_nanos() as f64 / (n as f64 * 10.0);
         let t = std::time::Instant::now();
         for _ in 0..n {
-            json_events(&frame, |e| sum += e.timestamp_us).unwrap();
+            json_events(&frame, |e| sum = sum.wrapping_add(e.timestamp_us)).unwrap();
         }
         let scan = per_event(t);
         let t = std::time::Instant::now();
         for _ in 0..n {
             let v: serde_json::Value = serde_json::from_slice(&frame).unwrap();
-            sum += v["events"][0]["timestamp_us"].as_i64().unwrap();
+            for e in v["events"].as_array().unwrap() {
+                dom_sum = dom_sum.wrapping_add(e["timestamp_us"].as_i64().unwrap());
+            }
         }
         let dom = per_event(t);
+        assert_eq!(
+            sum, dom_sum,
+            "the scanner reads the timestamps the DOM holds"
+        );
         eprintln!(
             "{} B frame of 10 events: scan {scan:.0} ns/event, serde_json::Value {dom:.0} ns/event ({sum})",
             frame.len()
