@@ -141,6 +141,7 @@ pub async fn run(
     let drain = CancellationToken::new();
     let gateway = Arc::new(ws::Gateway {
         live: live.clone(),
+        history: Arc::new(streams.clone()),
         streams,
         metrics: metrics.clone(),
         limits: limits::Limits::new(

@@ -486,16 +486,18 @@ async fn discover(
     Ok(())
 }
 
-fn publish(
+/// Turns one partition's read into the pass's items and moves the partition's top. Returns
+/// whether the read found anything (entries, a reset, a retention gap).
+pub(crate) fn publish(
     live: &Live,
     metrics: &Metrics,
     seq: &mut SequenceTracker,
     p: i32,
     read: PartRead,
     items: &mut Vec<LiveItem>,
-) {
+) -> bool {
     let Some(epoch) = read.epoch else {
-        return; // meta missing: a reset in progress; wait for the ingest's new epoch
+        return false; // meta missing: a reset in progress; wait for the ingest's new epoch
     };
     let known = live
         .tops
@@ -503,7 +505,7 @@ fn publish(
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .get(&p)
         .cloned();
-    let Some(known) = known else { return };
+    let Some(known) = known else { return false };
     if known.epoch != epoch {
         tracing::warn!(partition = p, old = %known.epoch, new = %epoch, "stream reset: new epoch");
         live.tops
@@ -520,9 +522,10 @@ fn publish(
             partition: p,
             epoch: epoch.into(),
         });
-        return;
+        return true;
     }
     let epoch: Arc<str> = epoch.into();
+    let mut found = false;
     if read.trimmed && crate::session::trimmed_after(known.last, read.first, read.last) {
         // The loop could not read this stream for longer than its retention: the entries
         // between its position and the oldest one kept are gone. Say so to every client.
@@ -553,9 +556,10 @@ fn publish(
             from,
             to,
         });
+        found = true;
     }
     let Some(last) = read.entries.last() else {
-        return;
+        return found;
     };
     // The ingest stamps `ts` on the last entry of each write only (older streams: on every
     // entry), so the newest stamp of the read is the one to go by.
@@ -609,4 +613,5 @@ fn publish(
             events,
         });
     }
+    true
 }

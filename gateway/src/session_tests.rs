@@ -29,7 +29,7 @@
 //! frames) with a failure, `SESSION_TEST_ALL=1` runs every seed and lists the failures,
 //! `SESSION_TEST_C1_ROUNDS=<n>` sets the rounds of the C1 test.
 
-use super::{trimmed_after, History, Outbound, Session, Start};
+use super::{History, Outbound, Session, Start};
 use crate::cursor::{Cursor, EntryId, PartitionPos};
 use crate::event::{Filter, LiveEvent};
 use crate::frames::{Format, Outgoing, Wire};
@@ -38,6 +38,7 @@ use crate::reader::{Live, LiveItem};
 use crate::streams::{Entry, PartRead, ReadError, MALFORMED_EVENT};
 use bytes::Bytes;
 use dashstream::proto::{server_frame::Frame, Event, Header, ServerFrame};
+use dashstream::seq::SequenceTracker;
 use futures::future::BoxFuture;
 use prost::Message;
 use rand::rngs::StdRng;
@@ -507,8 +508,12 @@ impl History for FakeHistory {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The tail loop, one iteration at a time (mirrors reader.rs)
+// The tail loop, one iteration at a time (reader.rs's own `publish` per partition)
 // ---------------------------------------------------------------------------------------------
+
+/// The tail's metrics (counted, never read here).
+static TAIL_METRICS: std::sync::LazyLock<Metrics> =
+    std::sync::LazyLock::new(|| Metrics::new(&prometheus::Registry::new()).expect("metrics"));
 
 struct Tail {
     live: Arc<Live>,
@@ -559,7 +564,14 @@ impl Tail {
         let mut items = Vec::new();
         let mut found = false;
         for ((p, _), read) in from.iter().zip(reads) {
-            found |= publish(&self.live, *p, read, &mut items);
+            found |= crate::reader::publish(
+                &self.live,
+                &TAIL_METRICS,
+                &mut SequenceTracker::new(1),
+                *p,
+                read,
+                &mut items,
+            );
         }
         if !items.is_empty() {
             note(|| {
@@ -603,79 +615,6 @@ impl Tail {
         }
         found
     }
-}
-
-/// reader.rs `publish`, without metrics: one partition's read into the pass's items.
-fn publish(live: &Live, p: i32, read: PartRead, items: &mut Vec<LiveItem>) -> bool {
-    let Some(epoch) = read.epoch else {
-        return false;
-    };
-    let known = live.tops.read().unwrap().get(&p).cloned();
-    let Some(known) = known else {
-        return false;
-    };
-    if known.epoch != epoch {
-        live.tops.write().unwrap().insert(
-            p,
-            PartitionPos {
-                epoch: epoch.clone(),
-                last: EntryId::ZERO,
-            },
-        );
-        items.push(LiveItem::Reset {
-            partition: p,
-            epoch: epoch.into(),
-        });
-        return true;
-    }
-    let epoch: Arc<str> = epoch.into();
-    let mut found = false;
-    if read.trimmed && trimmed_after(known.last, read.first, read.last) {
-        let next_kept = read.first.map_or(read.last.offset + 1, |f| f.offset);
-        let (from, to) = (crate::session::next_offset(known.last), next_kept - 1);
-        live.tops.write().unwrap().insert(
-            p,
-            PartitionPos {
-                epoch: epoch.to_string(),
-                last: EntryId {
-                    offset: to,
-                    n: u32::MAX,
-                },
-            },
-        );
-        items.push(LiveItem::Retention {
-            partition: p,
-            epoch: epoch.clone(),
-            from,
-            to,
-        });
-        found = true;
-    }
-    let Some(last) = read.entries.last() else {
-        return found;
-    };
-    let last_id = last.id;
-    let events: Vec<Arc<LiveEvent>> = read
-        .entries
-        .into_iter()
-        .filter_map(|e| LiveEvent::from_entry(p, e.id, e.event).ok())
-        .map(Arc::new)
-        .collect();
-    live.tops.write().unwrap().insert(
-        p,
-        PartitionPos {
-            epoch: epoch.to_string(),
-            last: last_id,
-        },
-    );
-    if !events.is_empty() {
-        items.push(LiveItem::Events {
-            partition: p,
-            epoch,
-            events,
-        });
-    }
-    true
 }
 
 // ---------------------------------------------------------------------------------------------

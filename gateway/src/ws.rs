@@ -58,6 +58,8 @@ pub struct WsSettings {
 pub struct Gateway {
     pub live: Arc<Live>,
     pub streams: Streams,
+    /// The same streams, as the sessions' history (one shared handle, not one per client).
+    pub history: Arc<dyn crate::session::History>,
     pub metrics: Arc<Metrics>,
     pub limits: Arc<Limits>,
     pub settings: WsSettings,
@@ -376,7 +378,7 @@ impl Gateway {
             format: params.format,
             filter: params.filter,
             live: self.live.clone(),
-            history: Arc::new(self.streams.clone()),
+            history: self.history.clone(),
             metrics: m.clone(),
             out: out_tx.clone(),
             budget: Arc::new(Semaphore::new(budget_bytes)),
