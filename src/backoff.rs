@@ -40,6 +40,14 @@ impl Backoff {
         tokio::time::sleep(self.next_delay()).await;
     }
 
+    /// Sleeps for the next delay unless `stop` is cancelled first; `false` when it was.
+    pub async fn wait_or_cancelled(&mut self, stop: &tokio_util::sync::CancellationToken) -> bool {
+        tokio::select! {
+            _ = self.wait() => true,
+            _ = stop.cancelled() => false,
+        }
+    }
+
     /// Starts again from the floor (after a success).
     pub fn reset(&mut self) {
         self.step = self.floor;

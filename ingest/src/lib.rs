@@ -322,9 +322,8 @@ async fn topic_exists(
             }
             Err(e) => tracing::warn!(error = %e, "metadata request failed; retrying"),
         }
-        tokio::select! {
-            _ = backoff.wait() => {}
-            _ = stop.cancelled() => return None,
+        if !backoff.wait_or_cancelled(stop).await {
+            return None;
         }
     }
 }

@@ -268,9 +268,8 @@ impl Worker {
                 }
                 Err(e) => {
                     self.redis_failed(&e);
-                    tokio::select! {
-                        _ = backoff.wait() => {}
-                        _ = stop.cancelled() => return None,
+                    if !backoff.wait_or_cancelled(stop).await {
+                        return None;
                     }
                 }
             }
@@ -427,9 +426,8 @@ impl Worker {
                     self.metrics
                         .kafka_error(if what == "seek" { "seek" } else { "watermarks" });
                     tracing::warn!(partition = self.partition, error = %e, "{what} request failed; retrying");
-                    tokio::select! {
-                        _ = backoff.wait() => {}
-                        _ = stop.cancelled() => return None,
+                    if !backoff.wait_or_cancelled(stop).await {
+                        return None;
                     }
                 }
             }
@@ -660,9 +658,8 @@ impl Worker {
                         return None;
                     }
                     tracing::warn!(partition = self.partition, "fenced by a stale claim while this process owns the partition; claiming again");
-                    tokio::select! {
-                        _ = backoff.wait() => {}
-                        _ = stop.cancelled() => return None,
+                    if !backoff.wait_or_cancelled(stop).await {
+                        return None;
                     }
                     self.metrics.reclaims.inc();
                     return self.reclaim(first, None, pos, st, stop).await;
@@ -678,9 +675,8 @@ impl Worker {
                 }
                 Err(e) => {
                     self.redis_failed(&e);
-                    tokio::select! {
-                        _ = backoff.wait() => {}
-                        _ = stop.cancelled() => return None,
+                    if !backoff.wait_or_cancelled(stop).await {
+                        return None;
                     }
                 }
             }
