@@ -70,6 +70,14 @@ pub struct GatewayArgs {
         default_value_t = 1024 * 1024
     )]
     pub send_queue_bytes: usize,
+    /// Bytes of frames queued to clients (or being written) over all connections; above it
+    /// the connection holding the most is closed with 4009 (it resumes with its cursor).
+    #[arg(
+        long = "outbound-buffer-bytes",
+        env = "GATEWAY_OUTBOUND_BUFFER_BYTES",
+        default_value_t = 512 * 1024 * 1024
+    )]
+    pub outbound_buffer_bytes: usize,
     /// Tail passes kept in the shared live buffer.
     #[arg(
         long = "live-buffer",
@@ -176,6 +184,7 @@ pub struct GatewaySettings {
     pub trusted_proxies: Vec<IpNet>,
     pub live_buffer: usize,
     pub live_buffer_bytes: usize,
+    pub outbound_buffer_bytes: usize,
     pub drain_timeout: Duration,
     pub sequence_capacity: usize,
     pub history_concurrency: usize,
@@ -280,6 +289,12 @@ impl GatewayArgs {
             1024,
         );
         at_least(
+            "GATEWAY_OUTBOUND_BUFFER_BYTES",
+            "outbound-buffer-bytes",
+            self.outbound_buffer_bytes as u64,
+            1024 * 1024,
+        );
+        at_least(
             "GATEWAY_HISTORY_PAGE",
             "history-page",
             self.history_page as u64,
@@ -356,6 +371,7 @@ impl GatewayArgs {
                 trusted_proxies: trusted,
                 live_buffer: self.live_buffer,
                 live_buffer_bytes: self.live_buffer_bytes,
+                outbound_buffer_bytes: self.outbound_buffer_bytes,
                 drain_timeout: drain,
                 sequence_capacity: self.sequence_capacity,
                 history_concurrency: self.history_concurrency,

@@ -9,6 +9,7 @@ pub mod event;
 pub mod frames;
 pub mod limits;
 pub mod metrics;
+pub mod outq;
 pub mod reader;
 pub mod session;
 pub mod streams;
@@ -34,6 +35,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), prometheus::Error> {
     let metrics = Arc::new(metrics::Metrics::new(&registry)?);
+    let outbox = outq::Outbox::new(settings.outbound_buffer_bytes);
     let live = reader::Live::new(settings.live_buffer, settings.ws.max_frame_bytes)
         .with_byte_budget(settings.live_buffer_bytes);
     // The operations endpoints answer from the start (/healthz 200, /readyz 503 until Redis
@@ -42,7 +44,10 @@ pub async fn run(
     let ops = Arc::new(OpsState {
         registry,
         readiness: live.clone(),
-        before_gather: None,
+        before_gather: Some({
+            let (outbox, metrics) = (outbox.clone(), metrics.clone());
+            Arc::new(move || metrics.outbound_bytes.set(outbox.bytes() as i64))
+        }),
         fallback: Some({
             let cell = gateway_cell.clone();
             Arc::new(move |req, peer| {
@@ -139,7 +144,10 @@ pub async fn run(
         tail_stop.clone(),
     ));
     let drain = CancellationToken::new();
+    let tracker = tokio_util::task::TaskTracker::new();
     let gateway = Arc::new(ws::Gateway {
+        outbox: outbox.clone(),
+        tracker: tracker.clone(),
         live: live.clone(),
         history: Arc::new(streams.clone()),
         streams,
@@ -163,10 +171,9 @@ pub async fn run(
     live.draining
         .store(true, std::sync::atomic::Ordering::Relaxed);
     drain.cancel();
-    let deadline = tokio::time::Instant::now() + settings.drain_timeout;
-    while metrics.connected_clients.get() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Every connection, upgrades in flight included, is a task of the tracker.
+    tracker.close();
+    let _ = tokio::time::timeout(settings.drain_timeout, tracker.wait()).await;
     http_stop.cancel();
     tail_stop.cancel();
     let _ = http.await;

@@ -20,6 +20,7 @@ pub struct Metrics {
     pub ring_sheds: IntCounter,
     /// Bytes held by the live buffer.
     pub live_buffer_bytes: IntGauge,
+    pub outbound_bytes: IntGauge,
     pub gaps: IntCounterVec,
     pub resumes: IntCounterVec,
     pub client_errors: IntCounterVec,
@@ -48,8 +49,9 @@ pub const REJECT_REASONS: [&str; 7] = [
     "unavailable",
 ];
 pub const CLIENT_ERRORS: [&str; 4] = ["bad_json", "unknown_type", "binary", "frame_too_large"];
-pub const DISCONNECTS: [&str; 6] = [
+pub const DISCONNECTS: [&str; 7] = [
     "client",
+    "slow",
     "abuse",
     "idle",
     "send_timeout",
@@ -75,6 +77,7 @@ impl Metrics {
             gaps: cv("gaps_total", "gap frames sent, by reason (retention, reset)", &["reason"])?,
             resumes: cv("resumes_total", "Connections that asked to resume from a cursor, by outcome (ok, gap, bad_cursor)", &["outcome"])?,
             client_errors: cv("client_errors_total", "Bad client input, by kind", &["kind"])?,
+            outbound_bytes: IntGauge::with_opts(Opts::new("outbound_bytes", "Bytes of frames queued to clients or being written, over all connections").namespace(NS))?,
             disconnects: cv("disconnects_total", "Connections closed, by reason", &["reason"])?,
             sequence: cv("sequence_anomalies_total", "Per-thread sequence anomalies seen by the gateway's reader, by kind (gap, duplicate, reorder)", &["kind"])?,
             redis_seconds: HistogramVec::new(
@@ -109,6 +112,7 @@ impl Metrics {
         registry.register(Box::new(m.catchup_switches.clone()))?;
         registry.register(Box::new(m.ring_sheds.clone()))?;
         registry.register(Box::new(m.live_buffer_bytes.clone()))?;
+        registry.register(Box::new(m.outbound_bytes.clone()))?;
         registry.register(Box::new(m.gaps.clone()))?;
         registry.register(Box::new(m.resumes.clone()))?;
         registry.register(Box::new(m.client_errors.clone()))?;

@@ -8,8 +8,8 @@
 //! holding a position the tail does not) takes each partition's new events after its own
 //! position and rejoins the shared path as soon as its cursor equals the canonical one.
 //!
-//! Frames go to the connection's writer through a queue bounded in bytes (a semaphore of
-//! `queue_bytes` permits, held by each frame until it is written): when the client reads too
+//! Frames go to the connection's writer through a queue bounded in bytes (see
+//! [`crate::outq`]; a frame counts until it is written): when the client reads too
 //! slowly the session waits, the ring laps it, and it continues from Redis history. The cursor
 //! advances only over events handed to the queue, so every frame's cursor is exact.
 
@@ -17,24 +17,15 @@ use crate::cursor::{Cursor, EntryId, PartitionPos};
 use crate::event::{Filter, LiveEvent};
 use crate::frames::{self, Format, FrameBuilder, Outgoing};
 use crate::metrics::Metrics;
+use crate::outq::OutQueue;
+pub use crate::outq::Outbound;
 use crate::reader::{Live, LiveItem, Pass};
 use crate::streams::{PartRead, ReadError, Streams};
 use futures::future::BoxFuture;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
-
-/// What goes to the client's writer task. Frames hold their share of the queue's byte budget
-/// until they are written.
-#[derive(Debug)]
-pub enum Outbound {
-    Frame(Outgoing, Option<OwnedSemaphorePermit>),
-    /// A pass's shared frames.
-    Shared(Arc<[Outgoing]>, Option<OwnedSemaphorePermit>),
-    /// Close the connection with this code and reason.
-    Close(u16, &'static str),
-}
 
 /// Where a session reads history: the Redis streams, or a fake in the state-machine tests.
 pub trait History: Send + Sync + 'static {
@@ -76,10 +67,8 @@ pub struct Session {
     pub live: Arc<Live>,
     pub history: Arc<dyn History>,
     pub metrics: Arc<Metrics>,
-    pub out: mpsc::Sender<Outbound>,
-    /// The queue's byte budget (see the module comment).
-    pub budget: Arc<Semaphore>,
-    pub budget_bytes: usize,
+    /// The connection's outbound queue (bounded in frames and bytes, see [`OutQueue`]).
+    pub out: Arc<OutQueue>,
     pub server: String,
     pub max_frame_bytes: usize,
     pub history_page: usize,
@@ -158,7 +147,7 @@ impl Session {
                             Some(r) => rx = r,
                             None => {
                                 // Left the ring while it waited for its client (see
-                                // `permit_live`): what it missed is read from Redis.
+                                // `push_live`): what it missed is read from Redis.
                                 lagged = true;
                                 rx = self.live.tx.subscribe();
                             }
@@ -180,35 +169,27 @@ impl Session {
         if let Err(Stop::Draining) = result {
             let bye = frames::reconnect(self.format, &cursor.encode(), "draining");
             let _ = self.send(vec![Outgoing::control(bye, "reconnect")]).await;
-            let _ = self.out.send(Outbound::Close(4012, "draining")).await;
+            self.out.push_close(4012, "draining");
         }
     }
 
-    /// Takes `bytes` of the queue's budget (all of it for a frame larger than the budget).
-    async fn permit(&self, bytes: usize) -> Result<OwnedSemaphorePermit, Stop> {
-        let n = bytes.clamp(1, self.budget_bytes) as u32;
-        self.budget
-            .clone()
-            .acquire_many_owned(n)
-            .await
-            .map_err(|_| Stop::Gone)
-    }
-
-    /// Like [`permit`](Self::permit), for a session holding `ring` at pass `gen`: while it
-    /// waits for its client, a ring over its byte budget can make it let go of the ring
-    /// (`ring` becomes `None`) so the passes it has not taken yet are freed.
-    async fn permit_live(
+    /// Queues `o`, waiting for room. While it waits, a session holding `ring` at pass `gen`
+    /// lets go of the ring (`ring` becomes `None`) when the ring is over its byte budget, so
+    /// the passes it has not taken yet are freed.
+    async fn push_live(
         &self,
-        bytes: usize,
+        o: Outbound,
         ring: &mut Option<broadcast::Receiver<Arc<Pass>>>,
         gen: u64,
-    ) -> Result<OwnedSemaphorePermit, Stop> {
+    ) -> Result<(), Stop> {
+        let push = self.out.push(o);
+        tokio::pin!(push);
         loop {
             if ring.is_none() {
-                return self.permit(bytes).await;
+                return push.await.map_err(|_| Stop::Gone);
             }
             tokio::select! {
-                p = self.permit(bytes) => return p,
+                p = &mut push => return p.map_err(|_| Stop::Gone),
                 _ = self.live.over_budget() => {
                     if self.live.should_shed(gen) {
                         self.metrics.ring_sheds.inc();
@@ -226,20 +207,15 @@ impl Session {
         gen: u64,
     ) -> Result<(), Stop> {
         for f in frames {
-            let permit = self.permit_live(f.wire.len(), ring, gen).await?;
-            self.out
-                .send(Outbound::Frame(f, Some(permit)))
-                .await
-                .map_err(|_| Stop::Gone)?;
+            self.push_live(Outbound::Frame(f), ring, gen).await?;
         }
         Ok(())
     }
 
     async fn send(&self, frames: Vec<Outgoing>) -> Result<(), Stop> {
         for f in frames {
-            let permit = self.permit(f.wire.len()).await?;
             self.out
-                .send(Outbound::Frame(f, Some(permit)))
+                .push(Outbound::Frame(f))
                 .await
                 .map_err(|_| Stop::Gone)?;
         }
@@ -255,12 +231,7 @@ impl Session {
         if frames.is_empty() {
             return Ok(());
         }
-        let bytes = frames.iter().map(|f| f.wire.len()).sum();
-        let permit = self.permit_live(bytes, ring, gen).await?;
-        self.out
-            .send(Outbound::Shared(frames, Some(permit)))
-            .await
-            .map_err(|_| Stop::Gone)
+        self.push_live(Outbound::Shared(frames), ring, gen).await
     }
 
     /// Delivers the passes of one wake: shared frames while in step, its own frames (merged

@@ -34,6 +34,7 @@ use crate::cursor::{Cursor, EntryId, PartitionPos};
 use crate::event::{Filter, LiveEvent};
 use crate::frames::{Format, Outgoing, Wire};
 use crate::metrics::Metrics;
+use crate::outq::{OutQueue, Outbox};
 use crate::reader::{Live, LiveItem};
 use crate::streams::{Entry, PartRead, ReadError, MALFORMED_EVENT};
 use bytes::Bytes;
@@ -47,7 +48,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt::Display;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -1296,6 +1297,8 @@ struct Client {
     live: Arc<Live>,
     store: Arc<Mutex<Store>>,
     metrics: Arc<Metrics>,
+    /// Each client's own: the replica-wide budget is not what these tests drive.
+    outbox: Arc<Outbox>,
     ctl: Arc<Ctl>,
     rng: StdRng,
     rec: Record,
@@ -1326,7 +1329,7 @@ impl Client {
     async fn run(mut self) -> Record {
         let mut start = self.spec.start.clone();
         loop {
-            let (tx, mut rx) = mpsc::channel(self.spec.queue);
+            let q = OutQueue::new(&self.outbox, self.spec.queue, self.spec.budget);
             let drain = CancellationToken::new();
             *self
                 .ctl
@@ -1348,37 +1351,48 @@ impl Client {
                     format!("{} s{}", self.rec.tag, self.rec.sessions),
                 )),
                 metrics: self.metrics.clone(),
-                out: tx,
-                budget: Arc::new(Semaphore::new(self.spec.budget)),
-                budget_bytes: self.spec.budget,
+                out: q.clone(),
                 server: "gw-test".into(),
                 max_frame_bytes: self.spec.max_frame_bytes,
                 history_page: self.spec.history_page,
                 drain,
             };
-            let task = tokio::spawn(session.run(start));
+            let mut task = tokio::spawn(session.run(start));
+            let mut ended = false;
             let closed = loop {
-                let Some(item) = rx.recv().await else {
-                    self.rec.fail("the session ended without a close");
-                };
-                match item {
-                    Outbound::Frame(f, permit) => {
-                        if permit.is_none() {
-                            self.rec.fail("a frame without its share of the budget");
+                let mut got = Vec::new();
+                if ended {
+                    if !q.try_take(&mut got, 1) {
+                        self.rec.fail("the session ended without a close");
+                    }
+                } else {
+                    tokio::select! {
+                        biased;
+                        _ = q.take(&mut got, 1) => {}
+                        r = &mut task => {
+                            r.expect("the session task");
+                            ended = true;
+                            continue;
                         }
+                    }
+                }
+                let Some(item) = got.pop() else {
+                    self.rec.fail("the queue closed under the client");
+                };
+                let bytes = item.bytes();
+                match item {
+                    Outbound::Frame(f) => {
                         self.frame(&f);
                         self.stall().await;
-                        drop(permit);
                     }
-                    Outbound::Shared(frames, permit) => {
-                        if permit.is_none() || frames.is_empty() {
-                            self.rec.fail("shared frames without budget, or none");
+                    Outbound::Shared(frames) => {
+                        if frames.is_empty() {
+                            self.rec.fail("empty shared frames");
                         }
                         for f in frames.iter() {
                             self.frame(f);
                         }
                         self.stall().await;
-                        drop(permit);
                     }
                     Outbound::Close(code, reason) => {
                         if (code, reason) != (4012, "draining") || self.rec.reconnect.is_none() {
@@ -1390,15 +1404,18 @@ impl Client {
                         break true;
                     }
                 }
+                q.written(bytes);
                 if self.ctl.disconnect.swap(false, Relaxed) {
                     break false;
                 }
             };
             if closed {
-                if rx.recv().await.is_some() {
+                if !ended {
+                    task.await.expect("the session task");
+                }
+                if q.try_take(&mut Vec::new(), 1) {
                     self.rec.fail("something after the close");
                 }
-                task.await.expect("the session task");
                 let cursor = self.rec.reconnect.clone().expect("reconnect before close");
                 if self.ctl.finishing.load(Relaxed) && cursor == *self.live.canonical().1 {
                     return self.rec;
@@ -1406,7 +1423,7 @@ impl Client {
                 start = Start::Cursor(cursor);
             } else {
                 // Gone: the session ends when it next sends.
-                drop(rx);
+                q.close();
                 drop(task);
                 start = Start::Cursor(self.rec.last_cursor.clone().expect("welcome came"));
             }
@@ -1429,6 +1446,7 @@ fn spawn_client(
         live: live.clone(),
         store: store.clone(),
         metrics: metrics.clone(),
+        outbox: Outbox::new(usize::MAX),
         ctl: ctl.clone(),
         rng: StdRng::seed_from_u64(seed),
         rec: Record {

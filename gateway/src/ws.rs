@@ -1,18 +1,20 @@
-//! `/ws`: the upgrade (parameters, limits, cursor check, then HTTP 101) and the connection:
-//! a writer task owning the socket's write half (it writes the pre-framed server frames it is
-//! given, everything queued at once in one vectored write, with a send timeout and heartbeat
-//! pings), a reader task parsing client frames with tungstenite (ping, errors, size limit,
-//! idle timeout, abuse), and the session feeding events. When the writer or the reader ends,
-//! the other gets a moment to finish (a close frame to flush, unread input to drain, so the
-//! client sees the close instead of a reset), then all are stopped.
+//! `/ws`: the upgrade (parameters, limits, cursor check, then HTTP 101) and the connection,
+//! one task polling three futures: the writer owning the socket's write half (it writes the
+//! pre-framed server frames of the connection's [`OutQueue`], everything queued at once in one
+//! vectored write, with a send timeout and heartbeat pings), the reader parsing client frames
+//! with tungstenite (ping, errors, size limit, idle timeout, abuse), and the session feeding
+//! events. When the writer or the reader ends, the other gets a moment to finish (a close
+//! frame to flush, unread input to drain, so the client sees the close instead of a reset),
+//! then the connection ends and is counted once in `disconnects_total`.
 
 use crate::cursor::{Cursor, EntryId};
 use crate::event::Filter;
 use crate::frames::{self, Format, Outgoing, Wire};
 use crate::limits::{Limits, Refusal};
 use crate::metrics::Metrics;
+use crate::outq::{OutQueue, Outbound, Outbox};
 use crate::reader::Live;
-use crate::session::{observe_sent, Outbound, Session, Start};
+use crate::session::{observe_sent, Session, Start};
 use crate::streams::Streams;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -26,11 +28,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::sync::{mpsc, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Request header that may carry the resume cursor instead of `from`.
 pub const CURSOR_HEADER: &str = "dashstream-cursor";
@@ -64,6 +66,10 @@ pub struct Gateway {
     pub limits: Arc<Limits>,
     pub settings: WsSettings,
     pub drain: CancellationToken,
+    /// Every connection's outbound bytes, against the replica's budget.
+    pub outbox: Arc<Outbox>,
+    /// Every upgraded connection's task, from before the upgrade completes (drain waits).
+    pub tracker: TaskTracker,
 }
 
 enum CursorProblem {
@@ -289,7 +295,7 @@ impl Gateway {
             filter,
         };
         let gw = self.clone();
-        tokio::spawn(async move {
+        self.tracker.spawn(async move {
             let _slot = slot;
             match hyper::upgrade::on(req).await {
                 Ok(upgraded) => {
@@ -370,74 +376,97 @@ impl Gateway {
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
     {
-        let m = self.metrics.clone();
-        m.connected_clients.inc();
-        let (out_tx, out_rx) = mpsc::channel(self.settings.send_queue.max(1));
-        let budget_bytes = self.settings.send_queue_bytes.max(1024);
+        let m = &*self.metrics;
+        let settings = &self.settings;
+        let _connected = Connected::new(m);
+        let out = OutQueue::new(
+            &self.outbox,
+            settings.send_queue,
+            settings.send_queue_bytes.max(1024),
+        );
         let session = Session {
             format: params.format,
             filter: params.filter,
             live: self.live.clone(),
             history: self.history.clone(),
-            metrics: m.clone(),
-            out: out_tx.clone(),
-            budget: Arc::new(Semaphore::new(budget_bytes)),
-            budget_bytes,
-            server: self.settings.server_id.clone(),
-            max_frame_bytes: self.settings.max_frame_bytes.max(1024),
-            history_page: self.settings.history_page.max(1),
+            metrics: self.metrics.clone(),
+            out: out.clone(),
+            server: settings.server_id.clone(),
+            max_frame_bytes: settings.max_frame_bytes.max(1024),
+            history_page: settings.history_page.max(1),
             drain: self.drain.clone(),
         };
-        let mut writer = tokio::spawn(write_loop(wr, out_rx, m.clone(), self.settings.clone()));
-        let mut reader = tokio::spawn(read_loop(
-            ws,
-            out_tx,
-            m.clone(),
-            self.settings.clone(),
-            params.format,
-        ));
-        let mut feeder = tokio::spawn(session.run(params.start));
-        // The writer ends the connection (after a close frame, an error or a send timeout);
-        // the reader ends it when the client leaves. The feeder only ends by asking the
-        // writer to close; if it ends otherwise (a bug), the connection ends too rather than
-        // staying open without data.
+        // One task: the writer, the reader and the session are futures polled together.
+        let writer = write_loop(wr, &out, m, settings);
+        let reader = read_loop(ws, &out, m, settings, params.format);
+        let feeder = session.run(params.start);
+        tokio::pin!(writer, reader, feeder);
+        // The writer ends the connection (after a close frame, an error, a send timeout, or a
+        // shed); the reader ends it when the client leaves. The session only ends by queueing
+        // a close (drain) or because its queue closed (shed).
         // A side that ended by closing (a close frame sent or queued) gives the other a moment:
         // the reader drains input under the writer's close frame, the writer flushes the close
         // frame the reader queued. A side that ended because the client is gone does not.
-        let feeder_done = tokio::select! {
-            closed = &mut writer => {
-                if matches!(closed, Ok(true)) {
+        let ended = tokio::select! {
+            w = &mut writer => {
+                if w.closing {
                     let _ = tokio::time::timeout(LINGER, &mut reader).await;
                 }
-                false
+                w
             }
-            closing = &mut reader => {
-                if matches!(closing, Ok(true)) {
-                    let _ = tokio::time::timeout(LINGER, &mut writer).await;
+            r = &mut reader => {
+                if r.closing {
+                    tokio::time::timeout(LINGER, &mut writer).await.unwrap_or(r)
+                } else {
+                    r
                 }
-                false
             }
-            r = &mut feeder => {
-                if r.is_err() {
-                    tracing::error!("a session task failed; closing its connection");
-                    m.disconnects.with_label_values(&["error"]).inc();
-                }
-                let _ = tokio::time::timeout(LINGER, &mut writer).await;
-                true
+            () = &mut feeder => {
+                tokio::time::timeout(LINGER, &mut writer)
+                    .await
+                    .unwrap_or(Ended::new("send_timeout", false))
             }
         };
-        reader.abort();
-        if !feeder_done {
-            feeder.abort();
-        }
-        writer.abort();
-        m.connected_clients.dec();
+        out.close();
+        m.disconnects.with_label_values(&[ended.reason]).inc();
+    }
+}
+
+/// Counts a connection in `connected_clients` while it lives (a panic included).
+struct Connected<'a>(&'a Metrics);
+
+impl<'a> Connected<'a> {
+    fn new(m: &'a Metrics) -> Self {
+        m.connected_clients.inc();
+        Self(m)
+    }
+}
+
+impl Drop for Connected<'_> {
+    fn drop(&mut self) {
+        self.0.connected_clients.dec();
+    }
+}
+
+/// How one side of a connection ended: the `disconnects_total` reason, and whether it closed
+/// (so the other side gets a moment to finish).
+#[derive(Debug, Clone, Copy)]
+struct Ended {
+    reason: &'static str,
+    closing: bool,
+}
+
+impl Ended {
+    fn new(reason: &'static str, closing: bool) -> Self {
+        Self { reason, closing }
     }
 }
 
 /// How long a closing connection waits for its close frame to go out and the client's unread
 /// input to be drained.
 const LINGER: Duration = Duration::from_secs(2);
+/// How long a shed connection's close frame may take.
+const SHED_LINGER: Duration = Duration::from_millis(100);
 /// Most queued items written in one vectored write.
 const MAX_ITEMS_PER_WRITE: usize = 64;
 
@@ -535,48 +564,45 @@ fn count_sent(m: &Metrics, frames: &[&Outgoing]) {
     m.events_sent.inc_by(events);
 }
 
-/// Writes until the queue closes, a write fails or times out (false), or a close frame was
-/// sent (true).
-async fn write_loop<W>(
-    mut wr: W,
-    mut rx: mpsc::Receiver<Outbound>,
-    m: Arc<Metrics>,
-    settings: WsSettings,
-) -> bool
+/// Writes until the queue closes, a write fails or times out, or a close frame was sent
+/// (`closing`).
+async fn write_loop<W>(mut wr: W, out: &OutQueue, m: &Metrics, settings: &WsSettings) -> Ended
 where
     W: AsyncWrite + Unpin,
 {
     let mut ping = tokio::time::interval(settings.ping_interval);
     ping.tick().await;
-    let ping_frame = Wire::ping();
     let mut held: Vec<Outbound> = Vec::new();
     let mut bufs: Vec<Bytes> = Vec::new();
     loop {
-        let first = tokio::select! {
-            o = rx.recv() => o,
+        let got = tokio::select! {
+            got = out.take(&mut held, MAX_ITEMS_PER_WRITE) => got,
             _ = ping.tick() => {
-                let mut b = [ping_frame.bytes().clone()];
-                if tokio::time::timeout(settings.send_timeout, write_all_vectored(&mut wr, &mut b)).await.is_err() {
-                    m.disconnects.with_label_values(&["send_timeout"]).inc();
-                    return false;
+                let mut b = [Wire::ping().bytes().clone()];
+                match tokio::time::timeout(settings.send_timeout, write_all_vectored(&mut wr, &mut b)).await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(_)) => return Ended::new("error", false),
+                    Err(_) => return Ended::new("send_timeout", false),
                 }
-                continue;
             }
         };
-        let Some(first) = first else { return false };
-        held.push(first);
-        while held.len() < MAX_ITEMS_PER_WRITE {
-            match rx.try_recv() {
-                Ok(o) => held.push(o),
-                Err(_) => break,
+        if !got {
+            if out.was_shed() {
+                // Over the replica's outbound budget with the most bytes held: say so if the
+                // socket takes it at once; the client resumes with its last cursor.
+                let mut b = [Wire::close(4009, "slow consumer").bytes().clone()];
+                let _ =
+                    tokio::time::timeout(SHED_LINGER, write_all_vectored(&mut wr, &mut b)).await;
+                return Ended::new("slow", false);
             }
+            return Ended::new("error", false);
         }
         let mut close = None;
         let mut sent: Vec<&Outgoing> = Vec::new();
         for o in &held {
             match o {
-                Outbound::Frame(f, _) => sent.push(f),
-                Outbound::Shared(fs, _) => sent.extend(fs.iter()),
+                Outbound::Frame(f) => sent.push(f),
+                Outbound::Shared(fs) => sent.extend(fs.iter()),
                 Outbound::Close(code, reason) => {
                     close = Some((*code, *reason));
                     break;
@@ -585,24 +611,27 @@ where
         }
         bufs.clear();
         bufs.extend(sent.iter().map(|f| f.wire.bytes().clone()));
-        match tokio::time::timeout(
+        let bytes: usize = held.iter().map(Outbound::bytes).sum();
+        let write = tokio::time::timeout(
             settings.send_timeout,
             write_all_vectored(&mut wr, &mut bufs),
-        )
-        .await
-        {
-            Ok(Ok(())) => count_sent(&m, &sent),
-            Ok(Err(_)) => {
-                m.disconnects.with_label_values(&["error"]).inc();
-                return false;
-            }
-            Err(_) => {
-                m.disconnects.with_label_values(&["send_timeout"]).inc();
-                return false;
-            }
+        );
+        let written = tokio::select! {
+            r = write => r,
+            // Shed while its socket was full: stop now (the frame in flight cannot be
+            // finished, so no close frame either).
+            () = out.closed() => return Ended::new("slow", false),
+        };
+        match written {
+            Ok(Ok(())) => count_sent(m, &sent),
+            Ok(Err(_)) => return Ended::new("error", false),
+            Err(_) => return Ended::new("send_timeout", false),
         }
         drop(sent);
-        held.clear(); // releases the frames' share of the queue budget
+        // Nothing is kept between wakes: an idle connection holds no buffers.
+        held = Vec::new();
+        bufs = Vec::new();
+        out.written(bytes);
         if let Some((code, reason)) = close {
             let label = match code {
                 4012 => "draining",
@@ -610,11 +639,10 @@ where
                 _ if reason == "idle" => "idle",
                 _ => "abuse",
             };
-            m.disconnects.with_label_values(&[label]).inc();
             let mut b = [Wire::close(code, reason).bytes().clone()];
             let _ = tokio::time::timeout(LINGER, write_all_vectored(&mut wr, &mut b)).await;
             let _ = tokio::time::timeout(LINGER, wr.shutdown()).await;
-            return true;
+            return Ended::new(label, true);
         }
     }
 }
@@ -638,23 +666,23 @@ async fn drain_input<R: AsyncRead + Unpin>(ws: &mut WebSocketStream<ReadOnly<R>>
 
 async fn read_loop<R>(
     mut stream: WebSocketStream<ReadOnly<R>>,
-    out: mpsc::Sender<Outbound>,
-    m: Arc<Metrics>,
-    settings: WsSettings,
+    out: &OutQueue,
+    m: &Metrics,
+    settings: &WsSettings,
     format: Format,
-) -> bool
+) -> Ended
 where
     R: AsyncRead + Unpin,
 {
     let mut strikes = 0u32;
     let reply = |wire: Wire, kind: &'static str| {
-        let _ = out.try_send(Outbound::Frame(Outgoing::control(wire, kind), None));
+        out.try_push(Outbound::Frame(Outgoing::control(wire, kind)));
     };
     loop {
         let next = match tokio::time::timeout(settings.idle_timeout, stream.next()).await {
             Err(_) => {
-                let _ = out.try_send(Outbound::Close(4008, "idle"));
-                return true;
+                out.push_close(4008, "idle");
+                return Ended::new("idle", true);
             }
             Ok(n) => n,
         };
@@ -663,10 +691,7 @@ where
             reply(frames::error(format, code, msg), "error");
         };
         match next {
-            None => {
-                m.disconnects.with_label_values(&["client"]).inc();
-                return false;
-            }
+            None => return Ended::new("client", false),
             Some(Err(WsError::Capacity(_))) => {
                 bad(
                     "frame_too_large",
@@ -676,14 +701,11 @@ where
                         settings.max_client_frame_bytes
                     ),
                 );
-                let _ = out.try_send(Outbound::Close(4008, "frame too large"));
+                out.push_close(4008, "frame too large");
                 drain_input(&mut stream).await;
-                return true;
+                return Ended::new("abuse", true);
             }
-            Some(Err(_)) => {
-                m.disconnects.with_label_values(&["error"]).inc();
-                return false;
-            }
+            Some(Err(_)) => return Ended::new("error", false),
             Some(Ok(Message::Text(t))) => {
                 match serde_json::from_str::<serde_json::Value>(t.as_str()) {
                     Ok(v) if v.get("type").and_then(|t| t.as_str()) == Some("ping") => {
@@ -707,23 +729,18 @@ where
                 bad("binary", "BAD_REQUEST", "client frames must be JSON text");
                 strikes += 1;
             }
-            Some(Ok(Message::Ping(data))) => {
-                let _ = out.try_send(Outbound::Frame(
-                    Outgoing::control(Wire::pong(&data), "pong"),
-                    None,
-                ));
-            }
+            Some(Ok(Message::Ping(data))) => reply(Wire::pong(&data), "pong"),
             Some(Ok(Message::Close(_))) => {
                 // Answer the close handshake; the writer then closes the connection.
-                let _ = out.try_send(Outbound::Close(1000, "bye"));
-                return true;
+                out.push_close(1000, "bye");
+                return Ended::new("client", true);
             }
             Some(Ok(_)) => {}
         }
         if strikes >= settings.max_strikes {
-            let _ = out.try_send(Outbound::Close(4008, "too many bad frames"));
+            out.push_close(4008, "too many bad frames");
             drain_input(&mut stream).await;
-            return true;
+            return Ended::new("abuse", true);
         }
     }
 }
