@@ -272,6 +272,21 @@ pub fn events(f: Format, cursor: &str, events: &[Arc<LiveEvent>]) -> Wire {
     }
 }
 
+/// A filtered session sends an `events` frame with no events (just the cursor) after skipping
+/// this many events without sending a frame...
+pub const PROGRESS_EVENTS: u64 = 1000;
+/// ...or when events were skipped this long ago without a frame since (checked when it next
+/// skips one). A reconnecting client then re-reads at most that much.
+pub const PROGRESS_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Events a session's cursor moved over without a frame telling its client (a filter skipped
+/// them), and since when.
+#[derive(Debug, Default)]
+pub struct Progress {
+    skipped: u64,
+    since: Option<std::time::Instant>,
+}
+
 /// Collects a wake's events into byte-bounded frames, gaps in between, for one cursor.
 pub struct FrameBuilder {
     format: Format,
@@ -279,6 +294,8 @@ pub struct FrameBuilder {
     pending: Vec<Arc<LiveEvent>>,
     pending_bytes: usize,
     oldest_us: i64,
+    /// Events skipped since the last frame.
+    skipped: u64,
     out: Vec<Outgoing>,
 }
 
@@ -290,6 +307,7 @@ impl FrameBuilder {
             pending: Vec::new(),
             pending_bytes: 0,
             oldest_us: 0,
+            skipped: 0,
             out: Vec::new(),
         }
     }
@@ -317,6 +335,7 @@ impl FrameBuilder {
         self.pending.clear();
         self.pending_bytes = 0;
         self.oldest_us = 0;
+        self.skipped = 0;
     }
 
     /// Moves `cursor` over `e` (of `epoch`), and includes `e` when it `matches`.
@@ -353,6 +372,9 @@ impl FrameBuilder {
                 );
             }
         }
+        if !matches {
+            self.skipped += 1;
+        }
         if matches {
             if live && (self.oldest_us == 0 || e.timestamp_us < self.oldest_us) {
                 self.oldest_us = e.timestamp_us;
@@ -368,6 +390,7 @@ impl FrameBuilder {
     /// A gap frame; `cursor` must already hold the position after the gap.
     pub fn gap(&mut self, before: &Cursor, cursor: &Cursor, reason: &'static str, missed: Missed) {
         self.flush(before, None);
+        self.skipped = 0;
         self.out.push(Outgoing {
             wire: gap(self.format, &cursor.encode(), reason, &[missed]),
             kind: "gap",
@@ -479,6 +502,31 @@ impl FrameBuilder {
     /// caller has it) and returns the frames.
     pub fn finish(mut self, cursor: &Cursor, encoded: Option<&str>) -> Vec<Outgoing> {
         self.flush(cursor, encoded);
+        self.out
+    }
+
+    /// Like [`finish`](Self::finish), for a session that may skip events (a filter): once
+    /// `progress` says enough were skipped without a frame (see [`PROGRESS_EVENTS`]), an
+    /// `events` frame with no events carries the cursor.
+    pub fn finish_progress(mut self, cursor: &Cursor, progress: &mut Progress) -> Vec<Outgoing> {
+        self.flush(cursor, None);
+        if !self.out.is_empty() {
+            *progress = Progress::default();
+        }
+        if self.skipped > 0 {
+            progress.skipped += self.skipped;
+            let since = *progress.since.get_or_insert_with(std::time::Instant::now);
+            if progress.skipped >= PROGRESS_EVENTS || since.elapsed() >= PROGRESS_AFTER {
+                self.out.push(Outgoing {
+                    wire: events(self.format, &cursor.encode(), &[]),
+                    kind: "events",
+                    events: 0,
+                    oldest_us: 0,
+                    gap: None,
+                });
+                *progress = Progress::default();
+            }
+        }
         self.out
     }
 

@@ -15,7 +15,7 @@
 
 use crate::cursor::{Cursor, EntryId, PartitionPos};
 use crate::event::{Filter, LiveEvent};
-use crate::frames::{self, Format, FrameBuilder, Outgoing};
+use crate::frames::{self, Format, FrameBuilder, Outgoing, Progress};
 use crate::metrics::Metrics;
 use crate::outq::OutQueue;
 pub use crate::outq::Outbound;
@@ -74,6 +74,8 @@ pub struct Session {
     pub history_page: usize,
     /// Cancelled when the replica drains: the client is told where to resume.
     pub drain: CancellationToken,
+    /// What a filter skipped without a frame (see [`Progress`]).
+    pub progress: std::sync::Mutex<Progress>,
 }
 
 /// Why the feed stopped.
@@ -86,6 +88,12 @@ enum Stop {
 impl Session {
     fn filtered(&self) -> bool {
         self.filter != Filter::default()
+    }
+
+    fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
+        self.progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Feeds the client until it leaves or `drain` fires (then tells it where to resume).
@@ -108,7 +116,7 @@ impl Session {
         }
         let result: Result<(), Stop> = async {
             if behind {
-                rx = self.catch_up(&mut cursor, resumed).await?;
+                rx = Box::pin(self.catch_up(&mut cursor, resumed)).await?;
             }
             loop {
                 let first = tokio::select! {
@@ -134,7 +142,8 @@ impl Session {
                         }
                         let newest = passes.last().map_or(0, |p| p.gen);
                         let mut ring = Some(rx);
-                        self.deliver_passes(&mut cursor, &passes, &mut ring, newest)
+                        // Boxed, like the catch-up: the session's idle state stays small.
+                        Box::pin(self.deliver_passes(&mut cursor, &passes, &mut ring, newest))
                             .await?;
                         drop(passes);
                         if !lagged && ring.is_some() && self.live.should_shed(newest) {
@@ -154,12 +163,12 @@ impl Session {
                         }
                         if lagged {
                             self.metrics.catchup_switches.inc();
-                            rx = self.catch_up(&mut cursor, false).await?;
+                            rx = Box::pin(self.catch_up(&mut cursor, false)).await?;
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         self.metrics.catchup_switches.inc();
-                        rx = self.catch_up(&mut cursor, false).await?;
+                        rx = Box::pin(self.catch_up(&mut cursor, false)).await?;
                     }
                     Err(broadcast::error::RecvError::Closed) => return Err(Stop::Draining),
                 }
@@ -345,7 +354,8 @@ impl Session {
                 *cursor = pass.after.clone();
             }
         }
-        self.send_live(b.finish(cursor, None), ring, gen).await
+        let frames = b.finish_progress(cursor, &mut self.progress());
+        self.send_live(frames, ring, gen).await
     }
 
     /// Sends what `b` holds (its cursor is `cursor`) and leaves it empty.
@@ -357,7 +367,8 @@ impl Session {
         gen: u64,
     ) -> Result<(), Stop> {
         let own = std::mem::replace(b, FrameBuilder::new(self.format, self.max_frame_bytes));
-        self.send_live(own.finish(cursor, None), ring, gen).await
+        let frames = own.finish_progress(cursor, &mut self.progress());
+        self.send_live(frames, ring, gen).await
     }
 
     /// Reads Redis history up to the live position of every partition, then returns a live
@@ -464,7 +475,8 @@ impl Session {
                     pos.last = pos.last.max(id);
                 }
             }
-            self.send(b.finish(cursor, None)).await?;
+            let frames = b.finish_progress(cursor, &mut self.progress());
+            self.send(frames).await?;
             if !page_full || reached {
                 return Ok(gapped);
             }

@@ -1356,6 +1356,7 @@ impl Client {
                 max_frame_bytes: self.spec.max_frame_bytes,
                 history_page: self.spec.history_page,
                 drain,
+                progress: Default::default(),
             };
             let mut task = tokio::spawn(session.run(start));
             let mut ended = false;

@@ -395,6 +395,7 @@ impl Gateway {
             max_frame_bytes: settings.max_frame_bytes.max(1024),
             history_page: settings.history_page.max(1),
             drain: self.drain.clone(),
+            progress: Default::default(),
         };
         // One task: the writer, the reader and the session are futures polled together.
         let writer = write_loop(wr, &out, m, settings);
@@ -653,7 +654,8 @@ where
 async fn drain_input<R: AsyncRead + Unpin>(ws: &mut WebSocketStream<ReadOnly<R>>) {
     use tokio::io::AsyncReadExt;
     const QUIET: Duration = Duration::from_millis(200);
-    let mut scratch = [0u8; 4096];
+    // On the heap: a buffer in the future would be part of every idle connection's state.
+    let mut scratch = vec![0u8; 4096];
     let _ = tokio::time::timeout(LINGER, async {
         while let Ok(Ok(n)) = tokio::time::timeout(QUIET, ws.get_mut().0.read(&mut scratch)).await {
             if n == 0 {
@@ -742,5 +744,76 @@ where
             drain_input(&mut stream).await;
             return Ended::new("abuse", true);
         }
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    struct NoHistory;
+    impl crate::session::History for NoHistory {
+        fn read<'a>(
+            &'a self,
+            _: &'a [(i32, EntryId)],
+            _: usize,
+        ) -> futures::future::BoxFuture<
+            'a,
+            Result<Vec<crate::streams::PartRead>, crate::streams::ReadError>,
+        > {
+            Box::pin(async { Ok(vec![]) })
+        }
+    }
+    /// The futures of a connection are its state at rest (one allocation per connection):
+    /// nothing large may live in them (a read buffer on the stack made the reader 5 KiB).
+    #[test]
+    fn an_idle_connection_state_stays_small() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let outbox = Outbox::new(1 << 20);
+            let q = OutQueue::new(&outbox, 32, 1 << 20);
+            let m = Arc::new(Metrics::new(&prometheus::Registry::new()).unwrap());
+            let settings = WsSettings {
+                server_id: "x".into(),
+                max_client_frame_bytes: 4096,
+                send_queue: 32,
+                send_queue_bytes: 1 << 20,
+                max_frame_bytes: 1 << 18,
+                history_page: 1000,
+                ping_interval: Duration::from_secs(15),
+                idle_timeout: Duration::from_secs(60),
+                send_timeout: Duration::from_secs(30),
+                max_strikes: 10,
+            };
+            let (a, _b) = tokio::io::duplex(64);
+            let (rd, wr) = tokio::io::split(a);
+            let ws = WebSocketStream::from_raw_socket(ReadOnly(rd), Role::Server, None).await;
+            let w = write_loop(wr, &q, &m, &settings);
+            let r = read_loop(ws, &q, &m, &settings, Format::Json);
+            let live = Live::new(16, 1 << 18);
+            let session = Session {
+                format: Format::Json,
+                filter: Filter::default(),
+                live: live.clone(),
+                history: Arc::new(NoHistory),
+                metrics: m.clone(),
+                out: q.clone(),
+                server: "x".into(),
+                max_frame_bytes: 1 << 18,
+                history_page: 1000,
+                drain: CancellationToken::new(),
+                progress: Default::default(),
+            };
+            let f = session.run(Start::Latest);
+            let sizes = [
+                std::mem::size_of_val(&w),
+                std::mem::size_of_val(&r),
+                std::mem::size_of_val(&f),
+            ];
+            eprintln!("writer, reader, session futures: {sizes:?} bytes");
+            assert!(sizes.iter().all(|s| *s <= 1536), "{sizes:?}");
+            assert!(sizes.iter().sum::<usize>() <= 3584, "{sizes:?}");
+        });
     }
 }
