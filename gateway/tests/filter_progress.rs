@@ -17,14 +17,12 @@ fn reached(cursor: &str) -> i64 {
 
 /// The next progress frame (an `events` frame with no events); its cursor's offset.
 async fn progress(c: &mut Client) -> i64 {
-    loop {
-        match c.next(Duration::from_secs(30)).await {
-            Some(Frame::Events { cursor, events, .. }) => {
-                assert!(events.is_empty(), "the filter matches nothing: {events:?}");
-                return reached(&cursor);
-            }
-            other => panic!("expected a progress frame, got {other:?}"),
+    match c.next(Duration::from_secs(30)).await {
+        Some(Frame::Events { cursor, events, .. }) => {
+            assert!(events.is_empty(), "the filter matches nothing: {events:?}");
+            reached(&cursor)
         }
+        other => panic!("expected a progress frame, got {other:?}"),
     }
 }
 
