@@ -9,6 +9,7 @@ pub mod event;
 pub mod frames;
 pub mod limits;
 pub mod metrics;
+pub mod preflight;
 pub mod reader;
 pub mod session;
 pub mod streams;
@@ -104,6 +105,9 @@ pub async fn run(
     let mut conns = conns.into_iter();
     let mut next = || conns.next().expect("a connection");
     let (blocking, tail, watch) = (next(), next(), next());
+    preflight::check(tail.clone(), settings.redis.command_timeout, &shutdown)
+        .await
+        .map_err(prometheus::Error::Msg)?;
     let streams = streams::Streams::with_connections(
         streams::Connections {
             blocking,
