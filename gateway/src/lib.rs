@@ -10,6 +10,7 @@ pub mod frames;
 pub mod limits;
 pub mod metrics;
 pub mod outq;
+pub mod preflight;
 pub mod reader;
 pub mod session;
 pub mod streams;
@@ -109,6 +110,9 @@ pub async fn run(
     let mut conns = conns.into_iter();
     let mut next = || conns.next().expect("a connection");
     let (blocking, tail, watch) = (next(), next(), next());
+    preflight::check(tail.clone(), settings.redis.command_timeout, &shutdown)
+        .await
+        .map_err(prometheus::Error::Msg)?;
     let streams = streams::Streams::with_connections(
         streams::Connections {
             blocking,

@@ -37,7 +37,15 @@ pub struct Metrics {
     pub untrusted_forwarded: IntCounter,
     /// Time history reads waited for one of the `GATEWAY_HISTORY_CONCURRENCY` slots.
     pub history_wait: Histogram,
+    /// Streams found gone back within their epoch, by reason (see [`ROLLBACK_REASONS`]).
+    pub stream_rollbacks: IntCounterVec,
 }
+
+/// Why a stream is not the history read so far though its epoch is the same:
+/// `rolled_back`, its last ID went back (a failover to a lagging replica, an AOF restart, the
+/// key deleted and written again with less); `stream_lost`, its key is gone or was written
+/// again from scratch (deleted or evicted while the meta hash stayed).
+pub const ROLLBACK_REASONS: [&str; 2] = ["rolled_back", "stream_lost"];
 
 pub const REJECT_REASONS: [&str; 7] = [
     "global_limit",
@@ -103,6 +111,7 @@ impl Metrics {
                     .namespace(NS)
                     .buckets(exponential_buckets(0.0001, 2.0, 18)?),
             )?,
+            stream_rollbacks: cv("stream_rollbacks_total", "Streams found gone back within their epoch (rolled back, or their key lost while the meta stayed): the partition is reset for clients, by reason (rolled_back, stream_lost)", &["reason"])?,
         };
         registry.register(Box::new(m.connected_clients.clone()))?;
         registry.register(Box::new(m.upgrades.clone()))?;
@@ -128,6 +137,7 @@ impl Metrics {
         registry.register(Box::new(m.clock_skew.clone()))?;
         registry.register(Box::new(m.untrusted_forwarded.clone()))?;
         registry.register(Box::new(m.history_wait.clone()))?;
+        registry.register(Box::new(m.stream_rollbacks.clone()))?;
         m.upgrades.with_label_values(&["accepted", "ok"]);
         for r in REJECT_REASONS {
             m.upgrades.with_label_values(&["rejected", r]);
@@ -152,6 +162,9 @@ impl Metrics {
         }
         for k in ["connection", "timeout", "server", "other"] {
             m.redis_errors.with_label_values(&[k]);
+        }
+        for r in ROLLBACK_REASONS {
+            m.stream_rollbacks.with_label_values(&[r]);
         }
         let _ = registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),

@@ -7,13 +7,17 @@
 //! session that falls behind the ring is told so (`Lagged`) and reads Redis history instead. A
 //! stream whose epoch changes (Redis flushed, topic re-created) is re-read from its start and
 //! announced as a reset; a stream trimmed past the tail's position (the loop could not read it
-//! for longer than retention) is announced as a retention gap.
+//! for longer than retention) is announced as a retention gap. A stream that goes back within
+//! its epoch (its last ID or its count of entries ever added falls: a failover or an AOF
+//! restart rolled it back, or its key was deleted or evicted while the meta hash stayed) is
+//! re-read from its start like a reset, and every session resets that partition: see
+//! [`ROLLED_BACK`].
 
 use crate::cursor::{Cursor, EntryId, PartitionPos};
 use crate::event::LiveEvent;
 use crate::frames::{Format, FrameBuilder, Outgoing};
 use crate::metrics::Metrics;
-use crate::streams::{PartRead, Streams};
+use crate::streams::{Lost, PartRead, Streams};
 use dashstream::seq::{SeqOutcome, SequenceTracker};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -143,6 +147,24 @@ impl Pass {
     }
 }
 
+/// The position a pass's `before` gives a partition whose stream went back within its epoch
+/// (no session holds it, so every session handles that pass item by item): a session that
+/// meets the partition's (empty) events item reads the partition from Redis, and
+/// `catch_up_partition` resets the position it held, with a `reset` gap, before reading the
+/// stream from its start.
+pub const ROLLED_BACK: EntryId = EntryId {
+    offset: i64::MAX,
+    n: u32::MAX,
+};
+
+/// What the tail last saw of a stream (to notice it going back within an epoch).
+#[derive(Debug, Clone)]
+struct Seen {
+    epoch: String,
+    added: Option<i64>,
+    last: EntryId,
+}
+
 /// What an event costs besides its encodings (the `LiveEvent`, its strings, the `Arc`).
 const PER_EVENT_OVERHEAD: usize = 160;
 
@@ -171,6 +193,11 @@ pub struct Live {
     behind_since_ms: AtomicU64,
     /// Set when the replica drains: `/readyz` fails so load balancers stop sending clients.
     pub draining: std::sync::atomic::AtomicBool,
+    /// Per partition, what the tail's last read saw of the stream.
+    seen: Mutex<BTreeMap<i32, Seen>>,
+    /// Positions the next pass's `before` gives partitions instead of the tops, so that every
+    /// session reads them from Redis (set by [`publish`], taken by [`Live::publish_pass`]).
+    before_override: Mutex<Vec<(i32, PartitionPos)>>,
 }
 
 impl Live {
@@ -191,6 +218,8 @@ impl Live {
             redis_error: Mutex::new(String::new()),
             behind_since_ms: AtomicU64::new(0),
             draining: std::sync::atomic::AtomicBool::new(false),
+            seen: Mutex::new(BTreeMap::new()),
+            before_override: Mutex::new(Vec::new()),
         })
     }
 
@@ -252,7 +281,7 @@ impl Live {
     /// so every pass is either in a subscription or covered by the canonical cursor.
     pub(crate) fn publish_pass(&self, items: Vec<LiveItem>) {
         let after = Arc::new(Cursor { parts: self.tops() });
-        let (gen, before) = {
+        let (gen, mut before) = {
             let mut c = self
                 .canonical
                 .write()
@@ -261,6 +290,18 @@ impl Live {
             c.0 += 1;
             (c.0, before)
         };
+        let overrides = std::mem::take(
+            &mut *self
+                .before_override
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        if !overrides.is_empty() {
+            let b = Arc::make_mut(&mut before);
+            for (p, pos) in overrides {
+                b.parts.insert(p, pos);
+            }
+        }
         let mut pass = Pass::new(gen, items, before, after, self.max_frame_bytes);
         self.ring_bytes.fetch_add(pass.bytes, Ordering::Relaxed);
         pass.ring_bytes = Some(self.ring_bytes.clone());
@@ -493,10 +534,10 @@ pub(crate) fn publish(
     metrics: &Metrics,
     seq: &mut SequenceTracker,
     p: i32,
-    read: PartRead,
+    mut read: PartRead,
     items: &mut Vec<LiveItem>,
 ) -> bool {
-    let Some(epoch) = read.epoch else {
+    let Some(epoch) = read.epoch.take() else {
         return false; // meta missing: a reset in progress; wait for the ingest's new epoch
     };
     let known = live
@@ -506,6 +547,18 @@ pub(crate) fn publish(
         .get(&p)
         .cloned();
     let Some(known) = known else { return false };
+    let seen = live
+        .seen
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(
+            p,
+            Seen {
+                epoch: epoch.clone(),
+                added: read.added,
+                last: read.last,
+            },
+        );
     if known.epoch != epoch {
         tracing::warn!(partition = p, old = %known.epoch, new = %epoch, "stream reset: new epoch");
         live.tops
@@ -524,13 +577,51 @@ pub(crate) fn publish(
         });
         return true;
     }
+    if let Some(reason) = went_back(seen.as_ref(), &epoch, known.last, read.added, read.last) {
+        // Same epoch, but the stream is not the one read so far: what it held after some
+        // point is gone, and what it holds now may not be what was delivered. Re-read it from
+        // its start, and have every session reset the partition (see `ROLLED_BACK`).
+        metrics.stream_rollbacks.with_label_values(&[reason]).inc();
+        tracing::warn!(
+            partition = p,
+            epoch = %epoch,
+            reason,
+            position = %known.last,
+            last = %read.last,
+            added = ?read.added,
+            "stream went back within its epoch: resetting the partition"
+        );
+        let reset = PartitionPos {
+            epoch: epoch.clone(),
+            last: EntryId::ZERO,
+        };
+        live.tops
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(p, reset);
+        live.before_override
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((
+                p,
+                PartitionPos {
+                    epoch: epoch.clone(),
+                    last: ROLLED_BACK,
+                },
+            ));
+        items.push(LiveItem::Events {
+            partition: p,
+            epoch: epoch.into(),
+            events: Vec::new(),
+        });
+        return true;
+    }
     let epoch: Arc<str> = epoch.into();
     let mut found = false;
-    if read.trimmed && crate::session::trimmed_after(known.last, read.first, read.last) {
+    if let Some(Lost { from, to }) = read.lost_after(known.last) {
         // The loop could not read this stream for longer than its retention: the entries
-        // between its position and the oldest one kept are gone. Say so to every client.
-        let next_kept = read.first.map_or(read.last.offset + 1, |f| f.offset);
-        let (from, to) = (crate::session::next_offset(known.last), next_kept - 1);
+        // between its position and the oldest one kept are gone. Say so to every client
+        // (whole offsets, see `PartRead::lost_after`).
         tracing::warn!(
             partition = p,
             from,
@@ -614,4 +705,31 @@ pub(crate) fn publish(
         });
     }
     true
+}
+
+/// Why a stream read in the same epoch as before is not the stream read so far, if it is not:
+/// its last ID is below the tail's position or below the last ID seen before (rolled back;
+/// no stream at all: its key was lost), or it has added fewer entries than before, or none
+/// (its key was lost, and maybe written again).
+fn went_back(
+    seen: Option<&Seen>,
+    epoch: &str,
+    position: EntryId,
+    added: Option<i64>,
+    last: EntryId,
+) -> Option<&'static str> {
+    let seen = seen.filter(|s| s.epoch == epoch);
+    if crate::streams::beyond(position, last) || seen.is_some_and(|s| last < s.last) {
+        return Some(if last == EntryId::ZERO {
+            "stream_lost"
+        } else {
+            "rolled_back"
+        });
+    }
+    let fewer = |s: &Seen| match (s.added, added) {
+        (Some(a), Some(b)) => b < a,
+        (Some(_), None) => true,
+        _ => false,
+    };
+    seen.is_some_and(fewer).then_some("stream_lost")
 }

@@ -404,6 +404,9 @@ impl Session {
         target: Option<&PartitionPos>,
     ) -> Result<bool, Stop> {
         let mut gapped = false;
+        // The tail found this stream gone back within its epoch (see `reader::ROLLED_BACK`):
+        // the position held before is reset once, whatever this read shows.
+        let mut rolled_back = target.is_some_and(|t| t.last == crate::reader::ROLLED_BACK);
         loop {
             if self.drain.is_cancelled() {
                 return Err(Stop::Draining);
@@ -425,6 +428,7 @@ impl Session {
                 return Ok(gapped);
             };
             let mut b = FrameBuilder::new(self.format, self.max_frame_bytes);
+            let told_rolled_back = std::mem::take(&mut rolled_back);
             match cursor.parts.get(&p).cloned() {
                 Some(k) if k.epoch != epoch => {
                     // The history this cursor points into is gone (Redis flushed, topic
@@ -434,14 +438,47 @@ impl Session {
                     gapped = true;
                     continue;
                 }
-                Some(k) if read.trimmed && trimmed_after(k.last, read.first, read.last) => {
-                    // Retention removed entries after the cursor: report the offsets that can
-                    // no longer be delivered, once, and continue after them.
-                    let next_kept = read.first.map_or(read.last.offset + 1, |f| f.offset);
-                    b.retention(cursor, p, &epoch, next_offset(k.last), next_kept - 1);
+                Some(k)
+                    if k.last != EntryId::ZERO
+                        && (told_rolled_back || read.lost_position(k.last).is_some()) =>
+                {
+                    // The stream went back within its epoch (rolled back, or its key lost
+                    // and written again): what the position was in is gone. Like a reset:
+                    // say so, then read the stream from its start.
+                    // Counted where it is found: by the tail once, or here (a resumed
+                    // cursor, or a session catching up).
+                    if let Some(reason) = read.lost_position(k.last).filter(|_| !told_rolled_back) {
+                        self.metrics
+                            .stream_rollbacks
+                            .with_label_values(&[reason])
+                            .inc();
+                    }
+                    let before = cursor.clone();
+                    Arc::make_mut(cursor).parts.insert(
+                        p,
+                        PartitionPos {
+                            epoch: epoch.clone(),
+                            last: EntryId::ZERO,
+                        },
+                    );
+                    let missed = crate::frames::Missed {
+                        partition: p,
+                        from: next_offset(k.last),
+                        to: -1,
+                    };
+                    b.gap(&before, cursor, "reset", missed);
+                    self.send(b.finish(cursor, None)).await?;
                     gapped = true;
+                    continue;
                 }
-                Some(_) => {}
+                Some(k) => {
+                    if let Some(lost) = read.lost_after(k.last) {
+                        // Retention removed entries after the cursor: report the offsets that
+                        // can no longer be delivered, once, and continue after them.
+                        b.retention(cursor, p, &epoch, lost.from, lost.to);
+                        gapped = true;
+                    }
+                }
                 None => {
                     Arc::make_mut(cursor).parts.insert(
                         p,

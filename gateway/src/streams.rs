@@ -122,7 +122,71 @@ pub struct PartRead {
     pub trimmed: bool,
     /// The stream's last generated ID.
     pub last: EntryId,
+    /// Entries the stream has ever added (`entries-added`, Redis 7); `None` without a stream.
+    pub added: Option<i64>,
     pub entries: Vec<Entry>,
+}
+
+/// What a stream no longer holds after a position: offsets `from..=to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lost {
+    pub from: i64,
+    pub to: i64,
+}
+
+/// Whether `id` is at or past position `pos` (a position `(o, u32::MAX)` stands for all of
+/// offset `o`, so any ID of offset `o` reaches it).
+pub fn reaches(id: EntryId, pos: EntryId) -> bool {
+    id >= pos || (pos.n == u32::MAX && id.offset >= pos.offset)
+}
+
+/// Whether position `pos` lies beyond a stream whose last generated ID is `last`: a position
+/// no continuous history of that stream can have issued.
+pub fn beyond(pos: EntryId, last: EntryId) -> bool {
+    !reaches(last, pos)
+}
+
+impl PartRead {
+    /// What retention removed after position `last` of this epoch: whole offsets, from the one
+    /// after the position to the one before the first entry held
+    /// ([`crate::session::trimmed_after`]). Not exact (docs/GATEWAY.md, Known limits): an
+    /// offset there that never had an entry (a dead-lettered record) is named too, the
+    /// trimmed head of the first record held and the rest of a record the position stopped
+    /// inside are not. Redis cannot tell more: `max-deleted-entry-id` moves on `XDEL`, not
+    /// when trimming (redis/redis#13473), and a gap names whole offsets.
+    pub fn lost_after(&self, last: EntryId) -> Option<Lost> {
+        if !(self.trimmed && crate::session::trimmed_after(last, self.first, self.last)) {
+            return None;
+        }
+        let next_kept = self.first.map_or(self.last.offset + 1, |f| f.offset);
+        Some(Lost {
+            from: crate::session::next_offset(last),
+            to: next_kept - 1,
+        })
+    }
+
+    /// Whether position `last`, of this read's epoch, cannot come from this stream's history:
+    /// the stream ends before it (rolled back: a failover, an AOF restart, the key deleted and
+    /// written again), or it has never removed an entry (`entries-added` equals its length)
+    /// yet starts after the position (its key was lost and the stream started again after
+    /// it). Either way what the position was in is gone.
+    pub fn lost_position(&self, last: EntryId) -> Option<&'static str> {
+        if last == EntryId::ZERO {
+            return None;
+        }
+        if beyond(last, self.last) {
+            // No last ID at all: there is no stream (its key was deleted or evicted).
+            return Some(if self.last == EntryId::ZERO {
+                "stream_lost"
+            } else {
+                "rolled_back"
+            });
+        }
+        // Only with `entries-added` (Redis 7): a stream that removed nothing holds every
+        // entry it ever had, so a position before its first entry is not from it.
+        let starts_after = self.first.is_some_and(|f| !reaches(last, f));
+        (self.added.is_some() && !self.trimmed && starts_after).then_some("stream_lost")
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

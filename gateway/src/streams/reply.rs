@@ -220,6 +220,7 @@ fn stream_info(v: Value, read: &mut PartRead) {
         }
     }
     read.trimmed = matches!((added, length), (Some(a), Some(l)) if a > l);
+    read.added = added;
 }
 
 /// One `[id, [field, value, ...]]` entry; `None` when it has no usable ID.
