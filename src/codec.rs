@@ -31,7 +31,7 @@
 //!
 //! [`encode_record`] is the producer side.
 
-use crate::proto::{Envelope, Event};
+use crate::proto::{Envelope, Event, Header};
 use prost::encoding::{
     check_wire_type, decode_key, decode_varint, skip_field, DecodeContext, WireType,
 };
@@ -734,25 +734,49 @@ pub fn encode_record(envelope: &Envelope, compress: bool) -> Vec<u8> {
 /// (partition, offset, 1-based index within the record), its header fields, and its payload,
 /// embedded as JSON when the content type says JSON and it parses, else as `payload_b64`.
 pub fn event_json(partition: i32, offset: i64, index: u32, e: &Event) -> Vec<u8> {
-    let h = e.header.clone().unwrap_or_default();
-    let mut obj = serde_json::Map::new();
-    obj.insert("partition".into(), partition.into());
-    obj.insert("offset".into(), offset.into());
-    obj.insert("index".into(), index.into());
-    obj.insert("message_id".into(), hex::encode(&h.message_id).into());
-    obj.insert("tenant".into(), h.tenant_id.into());
-    obj.insert("thread".into(), h.thread_id.into());
-    obj.insert("sequence".into(), h.sequence.into());
-    obj.insert("event_type".into(), h.event_type.into());
-    obj.insert("timestamp_us".into(), h.timestamp_us.into());
-    obj.insert("content_type".into(), e.content_type.clone().into());
+    // Written directly, keys in the order serde_json's map gives them (sorted), compact: the
+    // same bytes as serializing the object, without building it.
+    let default = Header::default();
+    let h = e.header.as_ref().unwrap_or(&default);
     let json_payload = e
         .content_type
         .contains("json")
         .then(|| serde_json::from_slice::<&serde_json::value::RawValue>(&e.payload).ok())
         .flatten();
-    let mut json = serde_json::to_vec(&obj).expect("JSON of a map");
-    json.pop(); // reopen the object to append the payload as is
+    let mut json = Vec::with_capacity(
+        200 + h.tenant_id.len()
+            + h.thread_id.len()
+            + h.event_type.len()
+            + e.content_type.len()
+            + 2 * h.message_id.len()
+            + e.payload.len() * 4 / 3,
+    );
+    let string = |json: &mut Vec<u8>, s: &str| {
+        serde_json::to_writer(&mut *json, s).expect("a string writes to a Vec");
+    };
+    let mut num = itoa::Buffer::new();
+    json.extend_from_slice(b"{\"content_type\":");
+    string(&mut json, &e.content_type);
+    json.extend_from_slice(b",\"event_type\":");
+    string(&mut json, &h.event_type);
+    json.extend_from_slice(b",\"index\":");
+    json.extend_from_slice(num.format(index).as_bytes());
+    json.extend_from_slice(b",\"message_id\":\"");
+    let start = json.len();
+    json.resize(start + 2 * h.message_id.len(), 0);
+    hex::encode_to_slice(&h.message_id, &mut json[start..]).expect("sized for it");
+    json.extend_from_slice(b"\",\"offset\":");
+    json.extend_from_slice(num.format(offset).as_bytes());
+    json.extend_from_slice(b",\"partition\":");
+    json.extend_from_slice(num.format(partition).as_bytes());
+    json.extend_from_slice(b",\"sequence\":");
+    json.extend_from_slice(num.format(h.sequence).as_bytes());
+    json.extend_from_slice(b",\"tenant\":");
+    string(&mut json, &h.tenant_id);
+    json.extend_from_slice(b",\"thread\":");
+    string(&mut json, &h.thread_id);
+    json.extend_from_slice(b",\"timestamp_us\":");
+    json.extend_from_slice(num.format(h.timestamp_us).as_bytes());
     match json_payload {
         Some(raw) => {
             json.extend_from_slice(b",\"payload\":");
@@ -761,11 +785,12 @@ pub fn event_json(partition: i32, offset: i64, index: u32, e: &Event) -> Vec<u8>
         None => {
             use base64::Engine;
             json.extend_from_slice(b",\"payload_b64\":\"");
-            json.extend_from_slice(
-                base64::engine::general_purpose::STANDARD
-                    .encode(&e.payload)
-                    .as_bytes(),
-            );
+            let start = json.len();
+            let n = base64::encoded_len(e.payload.len(), true).expect("a payload fits");
+            json.resize(start + n, 0);
+            base64::engine::general_purpose::STANDARD
+                .encode_slice(&e.payload, &mut json[start..])
+                .expect("sized for it");
             json.push(b'"');
         }
     }
@@ -776,6 +801,97 @@ pub fn event_json(partition: i32, offset: i64, index: u32, e: &Event) -> Vec<u8>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The object `event_json` writes, built as a `serde_json` map (its earlier form).
+    fn event_json_by_map(partition: i32, offset: i64, index: u32, e: &Event) -> Vec<u8> {
+        let h = e.header.clone().unwrap_or_default();
+        let mut obj = serde_json::Map::new();
+        obj.insert("partition".into(), partition.into());
+        obj.insert("offset".into(), offset.into());
+        obj.insert("index".into(), index.into());
+        obj.insert("message_id".into(), hex::encode(&h.message_id).into());
+        obj.insert("tenant".into(), h.tenant_id.into());
+        obj.insert("thread".into(), h.thread_id.into());
+        obj.insert("sequence".into(), h.sequence.into());
+        obj.insert("event_type".into(), h.event_type.into());
+        obj.insert("timestamp_us".into(), h.timestamp_us.into());
+        obj.insert("content_type".into(), e.content_type.clone().into());
+        let raw = e
+            .content_type
+            .contains("json")
+            .then(|| serde_json::from_slice::<&serde_json::value::RawValue>(&e.payload).ok())
+            .flatten();
+        let mut json = serde_json::to_vec(&obj).unwrap();
+        json.pop();
+        match raw {
+            Some(raw) => {
+                json.extend_from_slice(b",\"payload\":");
+                json.extend_from_slice(raw.get().as_bytes());
+            }
+            None => {
+                use base64::Engine;
+                json.extend_from_slice(b",\"payload_b64\":\"");
+                json.extend_from_slice(
+                    base64::engine::general_purpose::STANDARD
+                        .encode(&e.payload)
+                        .as_bytes(),
+                );
+                json.push(b'"');
+            }
+        }
+        json.push(b'}');
+        json
+    }
+
+    #[test]
+    fn event_json_writes_what_the_map_serializes() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let texts = [
+            "",
+            "acme",
+            "t\"q\\b",
+            "\u{1}\n\t\u{7f}",
+            "日本語 🎉",
+            "</script>",
+        ];
+        for i in 0..2000u32 {
+            let pick = |rng: &mut StdRng| texts.choose(rng).unwrap().to_string();
+            let payloads: [&[u8]; 5] = [
+                b"{\"a\":[1,2,{\"b\":null}]}",
+                b"{nope",
+                b"",
+                b"\xff\x00\x01",
+                b"42",
+            ];
+            let e = Event {
+                header: (i % 17 != 0).then(|| Header {
+                    message_id: (0..rng.random_range(0..20u8)).collect::<Vec<u8>>().into(),
+                    timestamp_us: rng.random_range(i64::MIN..i64::MAX),
+                    tenant_id: pick(&mut rng),
+                    thread_id: pick(&mut rng),
+                    sequence: rng.random(),
+                    event_type: pick(&mut rng),
+                    schema_version: 1,
+                }),
+                payload: payloads.choose(&mut rng).unwrap().to_vec().into(),
+                content_type: ["application/json", "text/plain", "", "x-json\""]
+                    .choose(&mut rng)
+                    .unwrap()
+                    .to_string(),
+            };
+            let (p, o, n) = (
+                rng.random_range(0..4096),
+                rng.random_range(0..i64::MAX),
+                rng.random(),
+            );
+            let ours = event_json(p, o, n, &e);
+            assert_eq!(
+                String::from_utf8_lossy(&ours),
+                String::from_utf8_lossy(&event_json_by_map(p, o, n, &e))
+            );
+            serde_json::from_slice::<serde_json::Value>(&ours).expect("valid JSON");
+        }
+    }
     use crate::proto::{envelope::Body, EventBatch, Header};
     use prost::encoding::{encode_key, encode_varint, MAX_TAG};
     use rand::rngs::StdRng;

@@ -24,22 +24,51 @@ pub struct LiveEvent {
 }
 
 impl LiveEvent {
-    /// Builds the event of stream entry `id` of `partition` from its stored `Event` bytes.
+    /// Builds the event of stream entry `id` of `partition` from its stored `Event` bytes,
+    /// in both wire forms (the tail's events go to clients of either format).
     pub fn from_entry(
         partition: i32,
         id: EntryId,
         event: Bytes,
     ) -> Result<Self, prost::DecodeError> {
-        let e = Event::decode(event.clone())?;
-        let h = e.header.clone().unwrap_or_default();
-        let json = dashstream::codec::event_json(partition, id.offset, id.n, &e);
-        let proto = StreamEvent {
-            partition,
-            offset: id.offset,
-            index: id.n,
-            event,
-        }
-        .encode_to_vec();
+        Self::build(partition, id, event, None)
+    }
+
+    /// Like [`from_entry`](Self::from_entry), in `format` only (a history read for one
+    /// client): the other form is left empty.
+    pub fn from_entry_as(
+        partition: i32,
+        id: EntryId,
+        event: Bytes,
+        format: crate::frames::Format,
+    ) -> Result<Self, prost::DecodeError> {
+        Self::build(partition, id, event, Some(format))
+    }
+
+    fn build(
+        partition: i32,
+        id: EntryId,
+        event: Bytes,
+        only: Option<crate::frames::Format>,
+    ) -> Result<Self, prost::DecodeError> {
+        use crate::frames::Format;
+        let mut e = Event::decode(event.clone())?;
+        let json = match only {
+            Some(Format::Protobuf) => Bytes::new(),
+            _ => dashstream::codec::event_json(partition, id.offset, id.n, &e).into(),
+        };
+        let proto = match only {
+            Some(Format::Json) => Bytes::new(),
+            _ => StreamEvent {
+                partition,
+                offset: id.offset,
+                index: id.n,
+                event,
+            }
+            .encode_to_vec()
+            .into(),
+        };
+        let h = e.header.take().unwrap_or_default();
         Ok(Self {
             partition,
             id,
@@ -48,8 +77,8 @@ impl LiveEvent {
             event_type: h.event_type,
             sequence: h.sequence,
             timestamp_us: h.timestamp_us,
-            json: json.into(),
-            proto: proto.into(),
+            json,
+            proto,
         })
     }
 }

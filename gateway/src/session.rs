@@ -26,6 +26,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+
+type ReadResult = Result<Vec<PartRead>, ReadError>;
 
 /// Where a session reads history: the Redis streams, or a fake in the state-machine tests.
 pub trait History: Send + Sync + 'static {
@@ -407,19 +410,32 @@ impl Session {
         // The tail found this stream gone back within its epoch (see `reader::ROLLED_BACK`):
         // the position held before is reset once, whatever this read shows.
         let mut rolled_back = target.is_some_and(|t| t.last == crate::reader::ROLLED_BACK);
+        let mut prefetched: Option<(EntryId, AbortOnDropHandle<ReadResult>)> = None;
         loop {
             if self.drain.is_cancelled() {
                 return Err(Stop::Draining);
             }
             let after = cursor.parts.get(&p).map_or(EntryId::ZERO, |c| c.last);
-            let read = loop {
-                match self.history.read(&[(p, after)], self.history_page).await {
-                    Ok(mut r) => break r.pop().unwrap_or_default(),
-                    Err(_) if self.out.is_closed() => return Err(Stop::Gone),
-                    Err(_) => {
-                        tokio::select! {
-                            _ = self.drain.cancelled() => return Err(Stop::Draining),
-                            _ = tokio::time::sleep(HISTORY_RETRY) => {}
+            // The page read ahead while the last one was encoded and sent, if it starts here.
+            let ahead = match prefetched.take() {
+                Some((from, read)) if from == after => match read.await {
+                    Ok(Ok(mut r)) => Some(r.pop().unwrap_or_default()),
+                    _ => None,
+                },
+                _ => None,
+            };
+            let read = if let Some(r) = ahead {
+                r
+            } else {
+                loop {
+                    match self.history.read(&[(p, after)], self.history_page).await {
+                        Ok(mut r) => break r.pop().unwrap_or_default(),
+                        Err(_) if self.out.is_closed() => return Err(Stop::Gone),
+                        Err(_) => {
+                            tokio::select! {
+                                _ = self.drain.cancelled() => return Err(Stop::Draining),
+                                _ = tokio::time::sleep(HISTORY_RETRY) => {}
+                            }
                         }
                     }
                 }
@@ -491,9 +507,18 @@ impl Session {
             }
             let page_full = read.entries.len() >= self.history_page;
             let last_read = read.entries.last().map(|e| e.id);
+            if let Some(last) = last_read.filter(|_| page_full) {
+                // A full page that does not reach the target: read the next one while this
+                // one is encoded and sent (it starts where this one ends).
+                if !target.is_some_and(|t| t.epoch == epoch && last >= t.last) {
+                    let (history, count) = (self.history.clone(), self.history_page);
+                    let read = tokio::spawn(async move { history.read(&[(p, last)], count).await });
+                    prefetched = Some((last, AbortOnDropHandle::new(read)));
+                }
+            }
             let mut newest = None;
             for entry in read.entries {
-                match LiveEvent::from_entry(p, entry.id, entry.event) {
+                match LiveEvent::from_entry_as(p, entry.id, entry.event, self.format) {
                     Ok(ev) => {
                         let ev = Arc::new(ev);
                         b.event(cursor, &epoch, &ev, self.filter.matches(&ev), false);
