@@ -78,11 +78,13 @@ pub struct GatewayArgs {
         default_value_t = 512 * 1024 * 1024
     )]
     pub outbound_buffer_bytes: usize,
-    /// Tail passes kept in the shared live buffer.
+    /// Tail passes kept in the shared live buffer (its byte budget,
+    /// `GATEWAY_LIVE_BUFFER_BYTES`, is what binds under load: at 20k events/s a tail pass
+    /// holds few events, and 1024 passes was one second).
     #[arg(
         long = "live-buffer",
         env = "GATEWAY_LIVE_BUFFER",
-        default_value_t = 1024
+        default_value_t = 8192
     )]
     pub live_buffer: usize,
     /// Bytes of tail passes the shared live buffer may hold before the sessions furthest

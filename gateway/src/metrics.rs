@@ -13,6 +13,8 @@ pub struct Metrics {
     /// Upgrades by result (accepted, rejected) and reason.
     pub upgrades: IntCounterVec,
     pub frames_sent: IntCounterVec,
+    /// `frames_sent` of each of [`FRAME_TYPES`], resolved once (the writer counts per write).
+    pub frames_sent_by_type: [prometheus::IntCounter; FRAME_TYPES.len()],
     pub events_sent: IntCounter,
     pub bytes_sent: IntCounter,
     pub catchup_switches: IntCounter,
@@ -56,6 +58,8 @@ pub const REJECT_REASONS: [&str; 7] = [
     "not_websocket",
     "unavailable",
 ];
+/// The frame types a server sends.
+pub const FRAME_TYPES: [&str; 6] = ["welcome", "events", "gap", "reconnect", "error", "pong"];
 pub const CLIENT_ERRORS: [&str; 4] = ["bad_json", "unknown_type", "binary", "frame_too_large"];
 pub const DISCONNECTS: [&str; 7] = [
     "client",
@@ -73,10 +77,17 @@ impl Metrics {
             IntCounterVec::new(Opts::new(name, help).namespace(NS), labels)
         };
         let c = |name: &str, help: &str| IntCounter::with_opts(Opts::new(name, help).namespace(NS));
+        let frames_sent = cv(
+            "frames_sent_total",
+            "Frames sent to clients, by frame type",
+            &["type"],
+        )?;
+        let frames_sent_by_type = FRAME_TYPES.map(|t| frames_sent.with_label_values(&[t]));
         let m = Self {
             connected_clients: IntGauge::with_opts(Opts::new("connected_clients", "Open WebSocket connections").namespace(NS))?,
             upgrades: cv("upgrades_total", "WebSocket upgrade requests, by result and reason", &["result", "reason"])?,
-            frames_sent: cv("frames_sent_total", "Frames sent to clients, by frame type", &["type"])?,
+            frames_sent,
+            frames_sent_by_type,
             events_sent: c("events_sent_total", "Events sent to clients (one per client that received it)")?,
             bytes_sent: c("bytes_sent_total", "Payload bytes of frames sent to clients")?,
             catchup_switches: c("catchup_switches_total", "Times a client fell behind the live buffer and was switched to reading Redis history")?,
@@ -141,9 +152,6 @@ impl Metrics {
         m.upgrades.with_label_values(&["accepted", "ok"]);
         for r in REJECT_REASONS {
             m.upgrades.with_label_values(&["rejected", r]);
-        }
-        for t in ["welcome", "events", "gap", "reconnect", "error", "pong"] {
-            m.frames_sent.with_label_values(&[t]);
         }
         for r in ["retention", "reset"] {
             m.gaps.with_label_values(&[r]);

@@ -539,8 +539,9 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
 
 /// Counts what one write sent.
 fn count_sent(m: &Metrics, frames: &[&Outgoing]) {
+    use crate::metrics::FRAME_TYPES;
     let (mut bytes, mut events) = (0u64, 0u64);
-    let mut kinds: [(&str, u64); 8] = [("", 0); 8];
+    let mut by_type = [0u64; FRAME_TYPES.len()];
     for f in frames {
         bytes += f.wire.len() as u64;
         events += u64::from(f.events);
@@ -548,17 +549,14 @@ fn count_sent(m: &Metrics, frames: &[&Outgoing]) {
         if let Some(reason) = f.gap {
             m.gaps.with_label_values(&[reason]).inc();
         }
-        match kinds.iter_mut().find(|(k, _)| k.is_empty() || *k == f.kind) {
-            Some(slot) => {
-                slot.0 = f.kind;
-                slot.1 += 1;
-            }
+        match FRAME_TYPES.iter().position(|t| *t == f.kind) {
+            Some(i) => by_type[i] += 1,
             None => m.frames_sent.with_label_values(&[f.kind]).inc(),
         }
     }
-    for (k, n) in kinds {
+    for (counter, n) in m.frames_sent_by_type.iter().zip(by_type) {
         if n > 0 {
-            m.frames_sent.with_label_values(&[k]).inc_by(n);
+            counter.inc_by(n);
         }
     }
     m.bytes_sent.inc_by(bytes);

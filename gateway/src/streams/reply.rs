@@ -230,22 +230,27 @@ fn entry(v: Value) -> Option<Entry> {
     let (id, exact) = bytes_of(it.next()?).and_then(|b| parse_id(&b))?;
     let mut event = None;
     let mut ingest_us = 0;
-    if let Some(fields @ (Value::Array(_) | Value::Map(_))) = it.next() {
-        for (k, v) in pairs(fields) {
-            match (bytes_of(k).as_deref(), v) {
-                (Some(b"ev"), Value::BulkString(b)) if !b.is_empty() => {
-                    event = Some(Bytes::from(b))
-                }
-                (Some(b"ts"), Value::BulkString(b)) => {
-                    ingest_us = std::str::from_utf8(&b)
-                        .ok()
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or(0)
-                }
-                (Some(b"ts"), Value::Int(n)) => ingest_us = n,
-                _ => {}
+    let mut field = |k: Value, v: Value| match (bytes_of(k).as_deref(), v) {
+        (Some(b"ev"), Value::BulkString(b)) if !b.is_empty() => event = Some(Bytes::from(b)),
+        (Some(b"ts"), Value::BulkString(b)) => {
+            ingest_us = std::str::from_utf8(&b)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0)
+        }
+        (Some(b"ts"), Value::Int(n)) => ingest_us = n,
+        _ => {}
+    };
+    // The fields walked in place (no list of pairs per entry).
+    match it.next() {
+        Some(Value::Array(a)) => {
+            let mut f = a.into_iter();
+            while let (Some(k), Some(v)) = (f.next(), f.next()) {
+                field(k, v);
             }
         }
+        Some(Value::Map(m)) => m.into_iter().for_each(|(k, v)| field(k, v)),
+        _ => {}
     }
     Some(match event {
         Some(event) if exact => Entry {
