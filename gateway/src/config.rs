@@ -78,6 +78,10 @@ pub struct GatewayArgs {
         default_value_t = 512 * 1024 * 1024
     )]
     pub outbound_buffer_bytes: usize,
+    /// Fan-out shards: each has its own copy of the live ring, fed by one task, and wakes only
+    /// its own sessions (default: one per core; 1 is one ring for all).
+    #[arg(long = "fanout-shards", env = "GATEWAY_FANOUT_SHARDS")]
+    pub fanout_shards: Option<usize>,
     /// Tail passes kept in the shared live buffer (its byte budget,
     /// `GATEWAY_LIVE_BUFFER_BYTES`, is what binds under load: at 20k events/s a tail pass
     /// holds few events, and 1024 passes was one second).
@@ -187,6 +191,7 @@ pub struct GatewaySettings {
     pub live_buffer: usize,
     pub live_buffer_bytes: usize,
     pub outbound_buffer_bytes: usize,
+    pub fanout_shards: usize,
     pub drain_timeout: Duration,
     pub sequence_capacity: usize,
     pub history_concurrency: usize,
@@ -291,6 +296,12 @@ impl GatewayArgs {
             1024,
         );
         at_least(
+            "GATEWAY_FANOUT_SHARDS",
+            "fanout-shards",
+            self.fanout_shards.unwrap_or(1) as u64,
+            1,
+        );
+        at_least(
             "GATEWAY_OUTBOUND_BUFFER_BYTES",
             "outbound-buffer-bytes",
             self.outbound_buffer_bytes as u64,
@@ -374,6 +385,9 @@ impl GatewayArgs {
                 live_buffer: self.live_buffer,
                 live_buffer_bytes: self.live_buffer_bytes,
                 outbound_buffer_bytes: self.outbound_buffer_bytes,
+                fanout_shards: self.fanout_shards.unwrap_or_else(|| {
+                    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+                }),
                 drain_timeout: drain,
                 sequence_capacity: self.sequence_capacity,
                 history_concurrency: self.history_concurrency,

@@ -38,7 +38,8 @@ pub async fn run(
     let metrics = Arc::new(metrics::Metrics::new(&registry)?);
     let outbox = outq::Outbox::new(settings.outbound_buffer_bytes);
     let live = reader::Live::new(settings.live_buffer, settings.ws.max_frame_bytes)
-        .with_byte_budget(settings.live_buffer_bytes);
+        .with_byte_budget(settings.live_buffer_bytes)
+        .with_shards(settings.fanout_shards);
     // The operations endpoints answer from the start (/healthz 200, /readyz 503 until Redis
     // is reached); /ws answers 503 until the gateway is built.
     let gateway_cell: Arc<OnceLock<Arc<ws::Gateway>>> = Arc::new(OnceLock::new());

@@ -168,9 +168,19 @@ struct Seen {
 /// What an event costs besides its encodings (the `LiveEvent`, its strings, the `Arc`).
 const PER_EVENT_OVERHEAD: usize = 160;
 
+/// One shard of the fan-out: a ring of its own, fed from the tail's ring by one task, whose
+/// sessions subscribe to it (see [`Live::with_shards`]).
+struct Shard {
+    tx: RwLock<broadcast::Sender<Arc<Pass>>>,
+}
+
 /// Shared live state of the replica.
 pub struct Live {
+    /// The tail's ring: the shards' feeders (or, unsharded, the sessions) subscribe to it.
     pub tx: broadcast::Sender<Arc<Pass>>,
+    shards: Vec<Shard>,
+    next_shard: AtomicUsize,
+    capacity: usize,
     /// The canonical cursor (the tops as of the last pass) and that pass's generation.
     canonical: RwLock<(u64, Arc<Cursor>)>,
     max_frame_bytes: usize,
@@ -205,6 +215,9 @@ impl Live {
         let (tx, _) = broadcast::channel(capacity.max(1));
         Arc::new(Self {
             tx,
+            shards: Vec::new(),
+            next_shard: AtomicUsize::new(0),
+            capacity: capacity.max(1),
             canonical: RwLock::new((0, Arc::new(Cursor::default()))),
             max_frame_bytes,
             ring_bytes: Arc::new(AtomicUsize::new(0)),
@@ -248,6 +261,64 @@ impl Live {
             }
             Err(me) => me,
         }
+    }
+
+    /// Splits the fan-out into `n` shards (`n` ≤ 1 keeps one ring). Each shard has a ring of
+    /// the same capacity, fed by one task: a pass wakes `n` feeders, and each wakes only its
+    /// own sessions, on whichever core it runs, instead of the tail waking every session.
+    /// A feeder that falls behind the tail's ring replaces its ring: its sessions see it
+    /// closed and catch up from Redis, as if lapped. Must be called inside a tokio runtime.
+    pub fn with_shards(self: Arc<Self>, n: usize) -> Arc<Self> {
+        if n <= 1 {
+            return self;
+        }
+        let me = match Arc::try_unwrap(self) {
+            Ok(mut me) => {
+                me.shards = (0..n)
+                    .map(|_| Shard {
+                        tx: RwLock::new(broadcast::channel(me.capacity).0),
+                    })
+                    .collect();
+                Arc::new(me)
+            }
+            Err(me) => return me,
+        };
+        for i in 0..n {
+            tokio::spawn(feed_shard(Arc::downgrade(&me), i, me.tx.subscribe()));
+        }
+        me
+    }
+
+    /// A shard for a new session (round robin).
+    pub fn next_shard(&self) -> usize {
+        self.next_shard.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A receiver of passes for a session of shard `shard` (taken modulo the shard count).
+    pub fn subscribe(&self, shard: usize) -> broadcast::Receiver<Arc<Pass>> {
+        if self.shards.is_empty() {
+            return self.tx.subscribe();
+        }
+        self.shards[shard % self.shards.len()]
+            .tx
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .subscribe()
+    }
+
+    /// Sessions subscribed to the passes (over all shards).
+    pub fn receiver_count(&self) -> usize {
+        if self.shards.is_empty() {
+            return self.tx.receiver_count();
+        }
+        self.shards
+            .iter()
+            .map(|s| {
+                s.tx.read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .receiver_count()
+            })
+            .sum()
     }
 
     /// Bytes held by the ring now.
@@ -309,6 +380,38 @@ impl Live {
         let _ = self.tx.send(Arc::new(pass));
         if self.ring_bytes() > self.ring_budget {
             self.over_budget.notify_waiters();
+        }
+    }
+}
+
+/// Forwards every pass of the tail's ring to shard `i`'s ring.
+async fn feed_shard(live: std::sync::Weak<Live>, i: usize, mut rx: broadcast::Receiver<Arc<Pass>>) {
+    loop {
+        let next = rx.recv().await;
+        let Some(live) = live.upgrade() else { return };
+        let shard = &live.shards[i];
+        match next {
+            Ok(pass) => {
+                // No receiver is no error: the pass is dropped.
+                let _ = shard
+                    .tx
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .send(pass);
+            }
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(
+                    shard = i,
+                    passes = n,
+                    "a fan-out shard fell behind the tail; its sessions catch up from Redis"
+                );
+                *shard
+                    .tx
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    broadcast::channel(live.capacity).0;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
         }
     }
 }

@@ -79,6 +79,8 @@ pub struct Session {
     pub drain: CancellationToken,
     /// What a filter skipped without a frame (see [`Progress`]).
     pub progress: std::sync::Mutex<Progress>,
+    /// The fan-out shard whose ring it takes passes from ([`Live::with_shards`]).
+    pub shard: usize,
 }
 
 /// Why the feed stopped.
@@ -102,7 +104,7 @@ impl Session {
     /// Feeds the client until it leaves or `drain` fires (then tells it where to resume).
     pub async fn run(self, start: Start) {
         let drain = self.drain.clone();
-        let mut rx = self.live.tx.subscribe();
+        let mut rx = self.live.subscribe(self.shard);
         let resumed = matches!(start, Start::Cursor(_));
         let (mut cursor, behind) = match start {
             Start::Latest => (self.live.canonical().1, false),
@@ -161,7 +163,7 @@ impl Session {
                                 // Left the ring while it waited for its client (see
                                 // `push_live`): what it missed is read from Redis.
                                 lagged = true;
-                                rx = self.live.tx.subscribe();
+                                rx = self.live.subscribe(self.shard);
                             }
                         }
                         if lagged {
@@ -173,7 +175,15 @@ impl Session {
                         self.metrics.catchup_switches.inc();
                         rx = Box::pin(self.catch_up(&mut cursor, false)).await?;
                     }
-                    Err(broadcast::error::RecvError::Closed) => return Err(Stop::Draining),
+                    // The shard's ring was replaced (its feeder fell behind the tail): like a
+                    // lap, read what was missed from Redis.
+                    Err(broadcast::error::RecvError::Closed) => {
+                        if self.drain.is_cancelled() {
+                            return Err(Stop::Draining);
+                        }
+                        self.metrics.catchup_switches.inc();
+                        rx = Box::pin(self.catch_up(&mut cursor, false)).await?;
+                    }
                 }
             }
         }
@@ -381,7 +391,7 @@ impl Session {
         cursor: &mut Arc<Cursor>,
         resumed: bool,
     ) -> Result<broadcast::Receiver<Arc<Pass>>, Stop> {
-        let rx = self.live.tx.subscribe();
+        let rx = self.live.subscribe(self.shard);
         let (_, tops) = self.live.canonical();
         let mut outcome_gap = false;
         for (p, top) in &tops.parts {

@@ -1357,6 +1357,7 @@ impl Client {
                 history_page: self.spec.history_page,
                 drain,
                 progress: Default::default(),
+                shard: self.rng.random_range(0..4),
             };
             let mut task = tokio::spawn(session.run(start));
             let mut ended = false;
@@ -1651,7 +1652,9 @@ async fn random_run(seed: u64, gen: Gen) -> Totals {
     }
     let max_frame_bytes = rng.random_range(200..1500);
     // Small rings, so that stalled clients are lapped.
-    let live = Live::new([1, 2, 2, 3, 4, 8][rng.random_range(0..6)], max_frame_bytes);
+    // Half the runs with the fan-out in shards (each session's ring fed by a shard's task).
+    let live = Live::new([1, 2, 2, 3, 4, 8][rng.random_range(0..6)], max_frame_bytes)
+        .with_shards([1, 3][rng.random_range(0..2)]);
     let tail = Tail {
         live: live.clone(),
         store: store.clone(),

@@ -337,10 +337,15 @@ impl Gateway {
     async fn check_cursor(&self, s: &str) -> Result<Cursor, CursorProblem> {
         let c = Cursor::decode(s).map_err(|e| CursorProblem::Bad(e.to_string()))?;
         let from: Vec<(i32, EntryId)> = c.parts.keys().map(|p| (*p, EntryId::ZERO)).collect();
-        let reads =
-            self.streams.read(&from, 0).await.map_err(|e| {
+        // In transactions of up to CHECK_CHUNK partitions: a wide topic's check is then
+        // several bounded reads, each within the command timeout, not one huge reply.
+        let mut reads = Vec::with_capacity(from.len());
+        for chunk in from.chunks(CHECK_CHUNK) {
+            let part = self.streams.read(chunk, 0).await.map_err(|e| {
                 CursorProblem::Unavailable(format!("cannot check the cursor now: {e}"))
             })?;
+            reads.extend(part);
+        }
         let known = self.live.tops();
         for ((p, pos), r) in c.parts.iter().zip(reads) {
             // A retention gap leaves a position of "all of offset o" (n = u32::MAX).
@@ -396,6 +401,7 @@ impl Gateway {
             history_page: settings.history_page.max(1),
             drain: self.drain.clone(),
             progress: Default::default(),
+            shard: self.live.next_shard(),
         };
         // One task: the writer, the reader and the session are futures polled together.
         let writer = write_loop(wr, &out, m, settings);
@@ -466,6 +472,8 @@ impl Ended {
 /// How long a closing connection waits for its close frame to go out and the client's unread
 /// input to be drained.
 const LINGER: Duration = Duration::from_secs(2);
+/// Partitions per transaction when a cursor is checked.
+const CHECK_CHUNK: usize = 256;
 /// How long a shed connection's close frame may take.
 const SHED_LINGER: Duration = Duration::from_millis(100);
 /// Most queued items written in one vectored write.
@@ -802,6 +810,7 @@ mod tests {
                 history_page: 1000,
                 drain: CancellationToken::new(),
                 progress: Default::default(),
+                shard: 0,
             };
             let f = session.run(Start::Latest);
             let sizes = [
