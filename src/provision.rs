@@ -76,9 +76,23 @@ async fn compare(
     spec: &TopicSpec,
 ) -> Result<Outcome, ProvisionError> {
     let mut diffs = Vec::new();
-    let md = admin
-        .inner()
-        .fetch_metadata(Some(&spec.name), Duration::from_secs(10))?;
+    // Right after a topic is created, a broker can still answer with no partitions for it
+    // (its metadata is not propagated yet): a topic that exists has at least one, so ask
+    // again for a while before comparing.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let md = loop {
+        let md = admin
+            .inner()
+            .fetch_metadata(Some(&spec.name), Duration::from_secs(10))?;
+        let settled = md
+            .topics()
+            .first()
+            .is_some_and(|t| t.error().is_none() && !t.partitions().is_empty());
+        if settled || std::time::Instant::now() >= deadline {
+            break md;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     if let Some(t) = md.topics().first() {
         let partitions = t.partitions().len() as i32;
         if partitions != spec.partitions {
