@@ -16,6 +16,14 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    /// A setting that is a command-line flag only.
+    pub fn flag(flag: &str, problem: impl Into<String>) -> Self {
+        Self {
+            setting: format!("--{flag}"),
+            problem: problem.into(),
+        }
+    }
+
     pub fn new(env: &str, flag: &str, problem: impl Into<String>) -> Self {
         Self {
             setting: format!("{env} (--{flag})"),

@@ -234,16 +234,21 @@ impl KafkaArgs {
                 ));
             }
             sasl = Some((mech, user, pass));
-        } else if self.sasl_mechanism.is_some() || self.sasl_username.is_some() {
+        } else if self.sasl_mechanism.is_some()
+            || self.sasl_username.is_some()
+            || self.sasl_password.is_some()
+        {
             errors.push(ConfigError::new(
                 ENV_SECURITY_PROTOCOL,
                 "kafka-security-protocol",
                 "SASL settings are given but the protocol is not sasl_plaintext or sasl_ssl",
             ));
         }
+        // A password alone counts too: silently ignoring it hides a wrong protocol.
         let tls_given = self.ssl_ca_location.is_some()
             || self.ssl_certificate_location.is_some()
-            || self.ssl_key_location.is_some();
+            || self.ssl_key_location.is_some()
+            || self.ssl_key_password.is_some();
         if tls_given && !protocol.tls() {
             errors.push(ConfigError::new(
                 ENV_SECURITY_PROTOCOL,
@@ -388,6 +393,24 @@ mod tests {
         let c = a.validate().unwrap().client_config();
         assert_eq!(c.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
         assert_eq!(c.get("security.protocol"), Some("sasl_ssl"));
+    }
+
+    #[test]
+    fn a_password_for_a_protocol_not_in_use_is_refused_not_ignored() {
+        let mut a = args(Some("a:1"));
+        a.sasl_password = Some("p".into());
+        let s = settings(a.validate().unwrap_err());
+        assert_eq!(
+            s,
+            vec!["KAFKA_SECURITY_PROTOCOL (--kafka-security-protocol)"]
+        );
+        let mut a = args(Some("a:1"));
+        a.ssl_key_password = Some("p".into());
+        let s = settings(a.validate().unwrap_err());
+        assert_eq!(
+            s,
+            vec!["KAFKA_SECURITY_PROTOCOL (--kafka-security-protocol)"]
+        );
     }
 
     #[test]

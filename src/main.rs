@@ -42,6 +42,8 @@ struct TailArgs {
 }
 
 #[derive(Subcommand, Debug)]
+// Parsed once per run: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
 enum TailSource {
     /// From the Kafka topic. Commits nothing and joins no group unless --group/--commit.
     Kafka {
@@ -58,6 +60,17 @@ enum TailSource {
         /// Commit the offsets of printed records (needs --group).
         #[arg(long)]
         commit: bool,
+        /// Join --group even when it is the ingest's group (taking partitions from the
+        /// ingest: its events then never reach Redis).
+        #[arg(long)]
+        force: bool,
+        /// The ingest's consumer group, which --group may not name without --force.
+        #[arg(
+            long = "kafka-group-id",
+            env = "KAFKA_GROUP_ID",
+            default_value = "dashstream-ingest"
+        )]
+        ingest_group: String,
     },
     /// From the Redis partition streams.
     Redis {
@@ -96,8 +109,7 @@ fn tail_from(s: &str) -> dashstream::tail::From {
         "latest" => dashstream::tail::From::Latest,
         other => {
             let mut e = ConfigErrors::default();
-            e.push(dashstream::config::ConfigError::new(
-                "-",
+            e.push(dashstream::config::ConfigError::flag(
                 "from",
                 format!("{other:?} is not earliest or latest"),
             ));
@@ -114,8 +126,9 @@ struct ProvisionArgs {
     topic: TopicArgs,
     #[arg(long, env = "KAFKA_PARTITIONS", default_value_t = 12)]
     partitions: i32,
-    #[arg(long, env = "KAFKA_REPLICATION_FACTOR", default_value_t = 1)]
-    replication_factor: i32,
+    /// Replicas of each partition. Required unless every broker is on this machine (then 1).
+    #[arg(long, env = "KAFKA_REPLICATION_FACTOR")]
+    replication_factor: Option<i32>,
     /// Retention of the event topic, in hours.
     #[arg(long, env = "KAFKA_RETENTION_HOURS", default_value_t = 24)]
     retention_hours: i64,
@@ -162,6 +175,9 @@ struct ProduceArgs {
     /// Size of an `oversize` fault record, in bytes.
     #[arg(long, default_value_t = 600 * 1024)]
     oversize_bytes: usize,
+    /// Thread ids are `<prefix>-<n>` (default: `thread-` and 8 random hex digits, new per run).
+    #[arg(long)]
+    thread_prefix: Option<String>,
 }
 
 fn connection(kafka: &KafkaArgs, topic: &TopicArgs) -> KafkaConnection {
@@ -206,7 +222,16 @@ async fn tail(a: TailArgs) -> anyhow::Result<()> {
             from,
             group,
             commit,
+            force,
+            ingest_group,
         } => {
+            if group.as_deref() == Some(ingest_group.as_str()) && !force {
+                anyhow::bail!(
+                    "--group {ingest_group} is the ingest's consumer group (KAFKA_GROUP_ID): \
+                     joining it takes partitions away from the ingest, whose events then never \
+                     reach Redis. Use another group, or --force if that is what you want"
+                );
+            }
             let conn = connection(&kafka, &topic);
             let t = dashstream::tail::KafkaTail {
                 topic: topic.topic.clone(),
@@ -246,12 +271,26 @@ async fn tail(a: TailArgs) -> anyhow::Result<()> {
 async fn provision(a: ProvisionArgs) -> anyhow::Result<()> {
     let conn = connection(&a.kafka, &a.topic);
     let mut errors = ConfigErrors::default();
+    let replication_factor = match a.replication_factor {
+        Some(rf) => rf,
+        // One replica is right only for a broker on this machine (the local stack).
+        None if brokers_are_local(a.kafka.brokers.as_deref().unwrap_or("")) => 1,
+        None => {
+            errors.push(dashstream::config::ConfigError::new(
+                "KAFKA_REPLICATION_FACTOR",
+                "replication-factor",
+                "is required when the brokers are not on this machine (1 replica would lose \
+                 the topic with one broker)",
+            ));
+            1
+        }
+    };
     for (env, flag, v) in [
         ("KAFKA_PARTITIONS", "partitions", a.partitions as i64),
         (
             "KAFKA_REPLICATION_FACTOR",
             "replication-factor",
-            a.replication_factor as i64,
+            replication_factor as i64,
         ),
         (
             "KAFKA_RETENTION_HOURS",
@@ -280,24 +319,55 @@ async fn provision(a: ProvisionArgs) -> anyhow::Result<()> {
         TopicSpec {
             name: a.topic.topic.clone(),
             partitions: a.partitions,
-            replication: a.replication_factor,
+            replication: replication_factor,
             retention_ms: a.retention_hours * hour,
         },
         TopicSpec {
             name: a.topic.dlq_topic(),
             partitions: a.partitions.min(3),
-            replication: a.replication_factor,
+            replication: replication_factor,
             retention_ms: a.dlq_retention_hours * hour,
         },
     ];
+    let mut differs = 0;
     for (name, outcome) in dashstream::provision::provision(&conn, &specs).await? {
         match outcome {
             Outcome::Created => println!("{name}: created"),
             Outcome::Unchanged => println!("{name}: exists, as asked"),
-            Outcome::Differs(d) => println!("{name}: exists and differs: {}", d.join("; ")),
+            Outcome::Differs(d) => {
+                differs += 1;
+                println!("{name}: exists and differs: {}", d.join("; "))
+            }
         }
     }
+    if differs > 0 {
+        // Nothing is changed on an existing topic; a script must not take this for success.
+        eprintln!("{differs} topic(s) exist with other settings than asked; nothing was changed");
+        std::process::exit(EXIT_DIFFERS);
+    }
     Ok(())
+}
+
+/// `provision`'s exit status when a topic exists with other settings than asked.
+const EXIT_DIFFERS: i32 = 3;
+
+/// Whether every broker address is a loopback one (`localhost`, 127.0.0.0/8, ::1).
+fn brokers_are_local(brokers: &str) -> bool {
+    let hosts: Vec<&str> = brokers
+        .split(',')
+        .map(str::trim)
+        .filter(|b| !b.is_empty())
+        .map(|b| match b.rsplit_once(':') {
+            Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']'),
+            None => b,
+        })
+        .collect();
+    !hosts.is_empty()
+        && hosts.iter().all(|h| {
+            h.eq_ignore_ascii_case("localhost")
+                || h.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        })
 }
 
 async fn produce(a: ProduceArgs) -> anyhow::Result<()> {
@@ -316,7 +386,11 @@ async fn produce(a: ProduceArgs) -> anyhow::Result<()> {
         fault_every: a.fault_every.max(1),
         oversize_bytes: a.oversize_bytes,
         record_deliveries: false,
-        thread_prefix: "thread".into(),
+        // A fresh prefix per run unless given: a second run's threads then start their own
+        // sequences instead of looking like duplicates and reorders of the first run's.
+        thread_prefix: a.thread_prefix.unwrap_or_else(|| {
+            format!("thread-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+        }),
     };
     let stop = async {
         let _ = tokio::signal::ctrl_c().await;

@@ -86,10 +86,21 @@ pub async fn kafka(
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", reset)
         .create()?;
+    // A missing or mistyped topic is said at once (otherwise nothing ever arrives).
+    let md = consumer.fetch_metadata(Some(&t.topic), Duration::from_secs(10))?;
+    let exists = md
+        .topics()
+        .iter()
+        .any(|x| x.name() == t.topic && x.error().is_none() && !x.partitions().is_empty());
+    if !exists {
+        return Err(TailError::Usage(format!(
+            "topic {:?} does not exist (KAFKA_TOPIC / --kafka-topic)",
+            t.topic
+        )));
+    }
     if t.group.is_some() {
         consumer.subscribe(&[&t.topic])?;
     } else {
-        let md = consumer.fetch_metadata(Some(&t.topic), Duration::from_secs(10))?;
         let mut tpl = TopicPartitionList::new();
         let start = match t.from {
             From::Earliest => Offset::Beginning,
@@ -232,6 +243,19 @@ pub async fn redis(
 
 /// Tails a gateway WebSocket (`url` like ws://host:port/ws, `query` extra parameters such as
 /// `tenant=a`), resuming with the last cursor after a disconnect or a `reconnect` frame.
+/// The URL to connect to: `url` (which may carry a query already), `from`, then `query`.
+fn ws_url(url: &str, from: &str, query: &str) -> String {
+    let mut full = url.to_string();
+    full.push(if url.contains('?') { '&' } else { '?' });
+    full.push_str("from=");
+    full.push_str(from);
+    if !query.is_empty() {
+        full.push('&');
+        full.push_str(query.trim_start_matches(['?', '&']));
+    }
+    full
+}
+
 /// Prints each event, and each `gap` frame, as one JSON line.
 pub async fn ws(
     url: &str,
@@ -244,8 +268,7 @@ pub async fn ws(
     let mut n = 0;
     let mut failures = 0;
     while !stop.done(n) {
-        let sep = if query.is_empty() { "" } else { "&" };
-        let full = format!("{url}?from={cursor}{sep}{query}");
+        let full = ws_url(url, &cursor, query);
         let mut ws = match tokio_tungstenite::connect_async(&full).await {
             Ok((ws, _)) => {
                 failures = 0;
@@ -312,4 +335,22 @@ pub async fn ws(
             .await;
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ws_url;
+
+    #[test]
+    fn the_ws_url_keeps_a_query_it_already_has() {
+        assert_eq!(ws_url("ws://h/ws", "latest", ""), "ws://h/ws?from=latest");
+        assert_eq!(
+            ws_url("ws://h/ws?tenant=a", "c1", "type=t"),
+            "ws://h/ws?tenant=a&from=c1&type=t"
+        );
+        assert_eq!(
+            ws_url("ws://h/ws", "earliest", "tenant=a"),
+            "ws://h/ws?from=earliest&tenant=a"
+        );
+    }
 }

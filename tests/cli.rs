@@ -1,5 +1,7 @@
 //! The `dashstream` command line against the real Kafka broker: provisioning is idempotent and
-//! reports differences; produce delivers what it says; bad settings exit 64 naming the setting.
+//! reports differences (exit 3); produce delivers what it says, under a thread prefix of its
+//! own per run; bad settings exit 64 naming the setting; `tail kafka` refuses the ingest's group
+//! and a missing topic.
 
 use dashstream_testkit::{services, unique};
 use std::process::Command;
@@ -35,11 +37,12 @@ fn provision_is_idempotent_and_reports_differences() {
     assert_eq!(code, 0);
     assert!(out.contains(&format!("{topic}: exists, as asked")), "{out}");
 
-    let (code, out, _) = dashstream(
+    let (code, out, err) = dashstream(
         &["provision", "--partitions", "4", "--retention-hours", "48"],
         &env,
     );
-    assert_eq!(code, 0);
+    assert_eq!(code, 3, "differences are not success: {err}");
+    assert!(err.contains("nothing was changed"), "{err}");
     assert!(out.contains("partitions: has 3, asked 4"), "{out}");
     assert!(
         out.contains("retention.ms: has 86400000, asked 172800000"),
@@ -99,4 +102,99 @@ fn every_kafka_command_names_a_bad_setting_and_exits_64() {
         assert_eq!(code, 64, "{cmd}: {err}");
         assert!(err.contains("KAFKA_SASL_USERNAME"), "{cmd}: {err}");
     }
+}
+
+#[test]
+fn provision_needs_a_replication_factor_for_brokers_elsewhere() {
+    // Refused before any connection is made (the address is never contacted).
+    let (code, _, err) = dashstream(
+        &["provision"],
+        &[("KAFKA_BROKERS", "10.255.255.1:9092"), ("KAFKA_TOPIC", "t")],
+    );
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("KAFKA_REPLICATION_FACTOR (--replication-factor)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn tail_kafka_refuses_the_ingest_group_and_a_missing_topic() {
+    let s = services();
+    let base = [("KAFKA_BROKERS", s.kafka_brokers.as_str())];
+    for (group, env_group) in [
+        ("dashstream-ingest", None),
+        ("my-ingest", Some("my-ingest")),
+    ] {
+        let mut env = base.to_vec();
+        env.extend(env_group.map(|g| ("KAFKA_GROUP_ID", g)));
+        let (code, _, err) = dashstream(&["tail", "kafka", "--group", group], &env);
+        assert_ne!(code, 0, "{group}");
+        assert!(err.contains("is the ingest's consumer group"), "{err}");
+    }
+    let missing = unique("cli-no-such-topic");
+    let started = std::time::Instant::now();
+    let (code, _, err) = dashstream(&["tail", "kafka", "--kafka-topic", &missing], &base);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(&format!("topic {missing:?} does not exist")),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "fails at once, not after a timeout"
+    );
+}
+
+#[test]
+fn produce_names_its_threads_with_a_prefix_new_per_run() {
+    let s = services();
+    let topic = unique("cli-prefix");
+    let env = [
+        ("KAFKA_BROKERS", s.kafka_brokers.as_str()),
+        ("KAFKA_TOPIC", topic.as_str()),
+    ];
+    assert_eq!(dashstream(&["provision", "--partitions", "1"], &env).0, 0);
+    for args in [
+        &[
+            "produce",
+            "--count",
+            "3",
+            "--threads",
+            "1",
+            "--thread-prefix",
+            "mine",
+        ][..],
+        &["produce", "--count", "3", "--threads", "1"][..],
+        &["produce", "--count", "3", "--threads", "1"][..],
+    ] {
+        let (code, _, err) = dashstream(args, &env);
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, out, err) = dashstream(
+        &[
+            "tail",
+            "kafka",
+            "--from",
+            "earliest",
+            "--count",
+            "9",
+            "--idle-secs",
+            "20",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    let threads: std::collections::BTreeSet<String> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["thread"].as_str().map(str::to_string))
+        .collect();
+    assert!(threads.contains("mine-0"), "{threads:?}");
+    let others: Vec<_> = threads.iter().filter(|t| *t != "mine-0").collect();
+    assert_eq!(others.len(), 2, "two runs, two prefixes: {threads:?}");
+    assert!(
+        others.iter().all(|t| t.starts_with("thread-")),
+        "{threads:?}"
+    );
 }
