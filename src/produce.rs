@@ -129,13 +129,18 @@ pub enum ProduceError {
 
 /// Builds the producer every project component uses for its own writes.
 pub fn producer(conn: &KafkaConnection) -> Result<FutureProducer, KafkaError> {
-    conn.client_config()
-        .set("acks", "all")
+    producer_config(conn).create()
+}
+
+/// The settings of [`producer`], for a producer that changes some of them.
+pub fn producer_config(conn: &KafkaConnection) -> rdkafka::ClientConfig {
+    let mut c = conn.client_config();
+    c.set("acks", "all")
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .set("compression.type", "lz4")
-        .set("message.max.bytes", "2000000")
-        .create()
+        .set("message.max.bytes", "2000000");
+    c
 }
 
 /// Generates events and fault records.

@@ -55,6 +55,9 @@ impl IngestError {
 /// deadline. `listener` serves the operations endpoints. A pipeline thread or partition
 /// worker that dies ends the run with an error (after draining what it can), so the process
 /// exits non-zero instead of staying up without making progress.
+/// How long the DLQ producer tries to deliver one dead letter before the write fails.
+pub const DLQ_MESSAGE_TIMEOUT_MS: &str = "30000";
+
 pub async fn run(
     settings: IngestSettings,
     registry: Registry,
@@ -130,7 +133,11 @@ pub async fn run(
     ));
 
     let dlq = Arc::new(dlq::Dlq {
-        producer: dashstream::produce::producer(&settings.kafka)?,
+        // A DLQ write that cannot be delivered fails after 30 s instead of librdkafka's 300 s:
+        // the worker retries it, and each failure counts (DashStreamDlqSendFailing's pace).
+        producer: dashstream::produce::producer_config(&settings.kafka)
+            .set("message.timeout.ms", DLQ_MESSAGE_TIMEOUT_MS)
+            .create()?,
         topic: settings.dlq_topic.clone(),
         include_value: options.dlq_include_value,
         instance: options.instance_id.clone(),
