@@ -185,7 +185,7 @@ async fn tailing_redis_prints_the_stream_entries() {
         let keys = dashstream::keys::StreamKeys::new(&prefix, "events");
         let mut c = redis::Client::open(s.redis_url.as_str())
             .unwrap()
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&dashstream_testkit::redis_patient())
             .await
             .unwrap();
         let _: () = redis::cmd("SADD")

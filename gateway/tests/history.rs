@@ -83,7 +83,7 @@ async fn a_flushed_redis_is_announced_as_a_reset_gap() {
         }
         let mut conn = redis::Client::open(redis.url().as_str())
             .unwrap()
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&dashstream_testkit::redis_patient())
             .await
             .unwrap();
         let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();

@@ -48,7 +48,10 @@ async fn a_stalled_client_cannot_grow_the_live_buffer_past_its_byte_budget() {
     deadline(240, async {
         let sys = System::new("ringbytes", 1, None).await;
         let client = redis::Client::open(sys.redis_url.as_str()).unwrap();
-        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let mut c = client
+            .get_multiplexed_async_connection_with_config(&dashstream_testkit::redis_patient())
+            .await
+            .unwrap();
         let keys = StreamKeys::new(&sys.prefix, &sys.topic);
         let _: () = redis::pipe()
             .cmd("HSET")

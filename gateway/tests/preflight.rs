@@ -19,7 +19,7 @@ async fn manager(url: &str) -> redis::aio::ConnectionManager {
 async fn cmd(url: &str, args: &[&str]) {
     let mut c = redis::Client::open(url)
         .unwrap()
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&dashstream_testkit::redis_patient())
         .await
         .unwrap();
     let mut cmd = redis::cmd(args[0]);

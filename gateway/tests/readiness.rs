@@ -20,7 +20,10 @@ async fn a_tail_loop_left_behind_by_growing_streams_is_not_ready() {
         let prefix = unique("readiness");
         let keys = StreamKeys::new(&prefix, "t");
         let client = redis::Client::open(services.redis_url.as_str()).unwrap();
-        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let mut c = client
+            .get_multiplexed_async_connection_with_config(&dashstream_testkit::redis_patient())
+            .await
+            .unwrap();
         let _: () = redis::cmd("HSET")
             .arg(keys.meta(0))
             .arg("epoch")

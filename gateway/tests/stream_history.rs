@@ -40,7 +40,7 @@ impl Setup {
         let keys = StreamKeys::new(&prefix, &topic);
         let mut conn = redis::Client::open(services.redis_url.as_str())
             .unwrap()
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&dashstream_testkit::redis_patient())
             .await
             .unwrap();
         for p in 0..partitions {

@@ -25,7 +25,7 @@ const DECODE_ERRORS: &str = "dashstream_gateway_stream_decode_errors_total";
 async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
     redis::Client::open(url)
         .unwrap()
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&dashstream_testkit::redis_patient())
         .await
         .unwrap()
 }

@@ -15,7 +15,10 @@ const PARTITIONS: i32 = 4096;
 
 async fn write_streams(sys: &System) {
     let client = redis::Client::open(sys.redis_url.as_str()).unwrap();
-    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let mut c = client
+        .get_multiplexed_async_connection_with_config(&dashstream_testkit::redis_patient())
+        .await
+        .unwrap();
     let keys = StreamKeys::new(&sys.prefix, &sys.topic);
     let mut pipe = redis::pipe();
     for p in 0..PARTITIONS {

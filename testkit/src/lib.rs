@@ -309,6 +309,15 @@ pub fn metric_sum(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f6
         .sum()
 }
 
+/// Connection settings for a test's own Redis commands: redis-rs gives up on a reply after
+/// 500 ms by default, which a loaded machine (a whole suite on 2 cores) exceeds now and then.
+/// A test waits longer, within its own deadline.
+pub fn redis_patient() -> redis::AsyncConnectionConfig {
+    redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(Duration::from_secs(30)))
+        .set_connection_timeout(Some(Duration::from_secs(10)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -99,7 +99,7 @@ impl Harness {
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.redis_url.as_str())
             .unwrap()
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&dashstream_testkit::redis_patient())
             .await
             .expect("redis connection")
     }
