@@ -47,8 +47,12 @@ pub async fn run(
         registry,
         readiness: live.clone(),
         before_gather: Some({
-            let (outbox, metrics) = (outbox.clone(), metrics.clone());
-            Arc::new(move || metrics.outbound_bytes.set(outbox.bytes() as i64))
+            let (outbox, metrics, live) = (outbox.clone(), metrics.clone(), live.clone());
+            Arc::new(move || {
+                use dashstream::http::Readiness;
+                metrics.outbound_bytes.set(outbox.bytes() as i64);
+                metrics.ready.set(i64::from(live.check().is_ok()));
+            })
         }),
         fallback: Some({
             let cell = gateway_cell.clone();

@@ -23,6 +23,8 @@ pub struct Metrics {
     /// Bytes held by the live buffer.
     pub live_buffer_bytes: IntGauge,
     pub outbound_bytes: IntGauge,
+    /// 1 while `/readyz` would answer 200, else 0 (set at each scrape).
+    pub ready: IntGauge,
     pub gaps: IntCounterVec,
     pub resumes: IntCounterVec,
     pub client_errors: IntCounterVec,
@@ -96,6 +98,7 @@ impl Metrics {
             gaps: cv("gaps_total", "gap frames sent, by reason (retention, reset)", &["reason"])?,
             resumes: cv("resumes_total", "Connections that asked to resume from a cursor, by outcome (ok, gap, bad_cursor)", &["outcome"])?,
             client_errors: cv("client_errors_total", "Bad client input, by kind", &["kind"])?,
+            ready: IntGauge::with_opts(Opts::new("ready", "1 while /readyz answers 200, else 0").namespace(NS))?,
             outbound_bytes: IntGauge::with_opts(Opts::new("outbound_bytes", "Bytes of frames queued to clients or being written, over all connections").namespace(NS))?,
             disconnects: cv("disconnects_total", "Connections closed, by reason", &["reason"])?,
             sequence: cv("sequence_anomalies_total", "Per-thread sequence anomalies seen by the gateway's reader, by kind (gap, duplicate, reorder)", &["kind"])?,
@@ -133,6 +136,7 @@ impl Metrics {
         registry.register(Box::new(m.ring_sheds.clone()))?;
         registry.register(Box::new(m.live_buffer_bytes.clone()))?;
         registry.register(Box::new(m.outbound_bytes.clone()))?;
+        registry.register(Box::new(m.ready.clone()))?;
         registry.register(Box::new(m.gaps.clone()))?;
         registry.register(Box::new(m.resumes.clone()))?;
         registry.register(Box::new(m.client_errors.clone()))?;

@@ -49,6 +49,11 @@ impl LagMonitor {
                     .first()
                     .is_none_or(|t| t.error().is_some() || t.partitions().is_empty());
                 self.health.topic_missing.store(missing, Ordering::Relaxed);
+                if let Some(t) = md.topics().first().filter(|t| t.error().is_none()) {
+                    self.metrics
+                        .topic_partitions
+                        .set(t.partitions().len() as i64);
+                }
             }
             Err(e) => {
                 self.metrics.kafka_error("watermarks");

@@ -77,11 +77,13 @@ pub async fn run(
         registry,
         readiness: health.clone(),
         before_gather: Some({
-            let (cell, metrics) = (consumer_cell.clone(), metrics.clone());
+            let (cell, metrics, health) = (consumer_cell.clone(), metrics.clone(), health.clone());
             Arc::new(move || {
+                use dashstream::http::Readiness;
                 if let Some(c) = cell.get() {
                     lag::update_staleness(c.context(), &metrics)
                 }
+                metrics.ready.set(i64::from(health.check().is_ok()));
             })
         }),
         fallback: None,

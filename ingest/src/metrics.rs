@@ -29,6 +29,10 @@ pub struct Metrics {
     pub partition_assigned: IntGaugeVec,
     pub partition_acked_offset: IntGaugeVec,
     pub assigned_partitions: IntGauge,
+    /// Partitions of the topic, as the broker reports them (0 until first measured).
+    pub topic_partitions: IntGauge,
+    /// 1 while `/readyz` would answer 200, else 0 (set at each scrape).
+    pub ready: IntGauge,
     pub lag_poll_failures: IntCounter,
     pub rebalances: IntCounterVec,
     pub e2e_latency: Histogram,
@@ -172,6 +176,13 @@ impl Metrics {
             assigned_partitions: IntGauge::with_opts(
                 Opts::new("assigned_partitions", "Partitions assigned to this process").namespace(NS),
             )?,
+            topic_partitions: IntGauge::with_opts(
+                Opts::new("topic_partitions", "Partitions of the topic, as the broker reports them")
+                    .namespace(NS),
+            )?,
+            ready: IntGauge::with_opts(
+                Opts::new("ready", "1 while /readyz answers 200, else 0").namespace(NS),
+            )?,
             lag_poll_failures: IntCounter::with_opts(
                 Opts::new("lag_poll_failures_total", "Failed watermark fetches for lag").namespace(NS),
             )?,
@@ -247,6 +258,8 @@ impl Metrics {
         registry.register(Box::new(m.partition_assigned.clone()))?;
         registry.register(Box::new(m.partition_acked_offset.clone()))?;
         registry.register(Box::new(m.assigned_partitions.clone()))?;
+        registry.register(Box::new(m.topic_partitions.clone()))?;
+        registry.register(Box::new(m.ready.clone()))?;
         registry.register(Box::new(m.lag_poll_failures.clone()))?;
         registry.register(Box::new(m.rebalances.clone()))?;
         registry.register(Box::new(m.e2e_latency.clone()))?;
