@@ -225,6 +225,15 @@ async fn metrics_used_by_alerts_and_dashboard_exist_are_bounded_and_counters_onl
             "the slow client fell behind"
         );
 
+        // The health gauges the alerts read: both processes ready, and the ingest knows the
+        // topic's partition count (DashStreamPartitionsUnowned compares it with the owners).
+        assert_eq!(m(&after_ingest, "dashstream_ingest_ready", &[]), 1.0);
+        assert_eq!(m(&after_gw, "dashstream_gateway_ready", &[]), 1.0);
+        assert_eq!(
+            m(&after_ingest, "dashstream_ingest_topic_partitions", &[]),
+            f64::from(sys.partitions)
+        );
+
         // A real Prometheus scrapes both tiers and loads the alert rules.
         prometheus_scrapes(&ingest.addr, &gw.addr).await;
     })
