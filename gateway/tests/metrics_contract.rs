@@ -228,6 +228,17 @@ async fn metrics_used_by_alerts_and_dashboard_exist_are_bounded_and_counters_onl
         // The health gauges the alerts read: both processes ready, and the ingest knows the
         // topic's partition count (DashStreamPartitionsUnowned compares it with the owners).
         assert_eq!(m(&after_ingest, "dashstream_ingest_ready", &[]), 1.0);
+        for system in ["kafka", "redis"] {
+            assert_eq!(
+                m(
+                    &after_ingest,
+                    "dashstream_ingest_dependency_up",
+                    &[("system", system)]
+                ),
+                1.0,
+                "{system}"
+            );
+        }
         assert_eq!(m(&after_gw, "dashstream_gateway_ready", &[]), 1.0);
         assert_eq!(
             m(&after_ingest, "dashstream_ingest_topic_partitions", &[]),

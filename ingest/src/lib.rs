@@ -84,6 +84,12 @@ pub async fn run(
                     lag::update_staleness(c.context(), &metrics)
                 }
                 metrics.ready.set(i64::from(health.check().is_ok()));
+                for (system, up) in health.dependencies_up() {
+                    metrics
+                        .dependency_up
+                        .with_label_values(&[system])
+                        .set(i64::from(up));
+                }
             })
         }),
         fallback: None,

@@ -33,6 +33,9 @@ pub struct Metrics {
     pub topic_partitions: IntGauge,
     /// 1 while `/readyz` would answer 200, else 0 (set at each scrape).
     pub ready: IntGauge,
+    /// Per dependency (`kafka`, `redis`): 1 while it answered recently (the windows `/readyz`
+    /// uses), else 0 (set at each scrape).
+    pub dependency_up: IntGaugeVec,
     pub lag_poll_failures: IntCounter,
     pub rebalances: IntCounterVec,
     pub e2e_latency: Histogram,
@@ -183,6 +186,14 @@ impl Metrics {
             ready: IntGauge::with_opts(
                 Opts::new("ready", "1 while /readyz answers 200, else 0").namespace(NS),
             )?,
+            dependency_up: IntGaugeVec::new(
+                Opts::new(
+                    "dependency_up",
+                    "1 while the dependency (kafka, redis) answered recently, else 0",
+                )
+                .namespace(NS),
+                &["system"],
+            )?,
             lag_poll_failures: IntCounter::with_opts(
                 Opts::new("lag_poll_failures_total", "Failed watermark fetches for lag").namespace(NS),
             )?,
@@ -260,6 +271,7 @@ impl Metrics {
         registry.register(Box::new(m.assigned_partitions.clone()))?;
         registry.register(Box::new(m.topic_partitions.clone()))?;
         registry.register(Box::new(m.ready.clone()))?;
+        registry.register(Box::new(m.dependency_up.clone()))?;
         registry.register(Box::new(m.lag_poll_failures.clone()))?;
         registry.register(Box::new(m.rebalances.clone()))?;
         registry.register(Box::new(m.e2e_latency.clone()))?;

@@ -118,12 +118,26 @@ impl Health {
     }
 }
 
+/// How recently Redis and Kafka must have answered for the process to be ready.
+const REDIS_WINDOW: Duration = Duration::from_secs(3);
+const KAFKA_WINDOW: Duration = Duration::from_secs(10);
+
+impl Health {
+    /// Each dependency and whether it answered within its window (`/readyz`'s rule).
+    pub fn dependencies_up(&self) -> [(&'static str, bool); 2] {
+        [
+            ("redis", self.redis.problem("redis", REDIS_WINDOW).is_none()),
+            ("kafka", self.kafka.problem("kafka", KAFKA_WINDOW).is_none()),
+        ]
+    }
+}
+
 impl dashstream::http::Readiness for Health {
     fn check(&self) -> Result<(), Vec<String>> {
         let mut reasons = Vec::new();
         reasons.extend(self.fatal.get().map(|w| format!("failed: {w}")));
-        reasons.extend(self.redis.problem("redis", Duration::from_secs(3)));
-        reasons.extend(self.kafka.problem("kafka", Duration::from_secs(10)));
+        reasons.extend(self.redis.problem("redis", REDIS_WINDOW));
+        reasons.extend(self.kafka.problem("kafka", KAFKA_WINDOW));
         if self.topic_missing.load(Ordering::Relaxed) {
             reasons.push("kafka: the topic does not exist".into());
         }

@@ -103,6 +103,14 @@ async fn redis_outage_delays_events_but_never_loses_or_doubles_them() {
             metric(&after, "dashstream_ingest_invalid_records_total", &[]),
             0.0
         );
+        // The health gauges the dependency and readiness alerts read, during and after.
+        let up =
+            |m: &[_], system| metric(m, "dashstream_ingest_dependency_up", &[("system", system)]);
+        assert_eq!(up(&during, "redis"), 0.0, "redis down while it is stopped");
+        assert_eq!(up(&during, "kafka"), 1.0);
+        assert_eq!(metric(&during, "dashstream_ingest_ready", &[]), 0.0);
+        assert_eq!(up(&after, "redis"), 1.0, "and up again");
+        assert_eq!(metric(&after, "dashstream_ingest_ready", &[]), 1.0);
     })
     .await;
 }
