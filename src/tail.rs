@@ -150,7 +150,13 @@ pub async fn redis(
     stop: Stop,
     out: &mut (dyn FnMut(String) + Send),
 ) -> Result<u64, TailError> {
-    let mut c = client.get_multiplexed_async_connection().await?;
+    let block = stop.wait().min(Duration::from_secs(5));
+    // The reply of an XREAD BLOCK comes after up to `block`: wait longer than that for it.
+    let config = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(block + Duration::from_secs(5)));
+    let mut c = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
     let parts: Vec<i32> = match partitions {
         Some(p) => p,
         None => {
@@ -163,9 +169,23 @@ pub async fn redis(
         }
     };
     if parts.is_empty() {
-        return Err(TailError::Usage(
-            "no partition streams found (is the ingest running?)".into(),
-        ));
+        return Err(TailError::Usage(format!(
+            "no partition streams found: the set {} is empty or missing. Check \
+             REDIS_KEY_PREFIX and KAFKA_TOPIC (the ingest's), or that the ingest has run",
+            keys.partitions()
+        )));
+    }
+    for p in &parts {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(keys.stream(*p))
+            .query_async(&mut c)
+            .await?;
+        if !exists {
+            return Err(TailError::Usage(format!(
+                "partition {p} has no stream ({} does not exist)",
+                keys.stream(*p)
+            )));
+        }
     }
     let mut ids: Vec<String> = Vec::new();
     for p in &parts {
@@ -186,7 +206,6 @@ pub async fn redis(
         ids.push(id);
     }
     let mut n = 0;
-    let block = stop.wait().min(Duration::from_secs(5));
     let started = tokio::time::Instant::now();
     let mut last_event = started;
     while !stop.done(n) {
@@ -214,9 +233,16 @@ pub async fn redis(
                     continue;
                 };
                 let Some(redis::Value::BulkString(b)) = e.map.get("ev") else {
+                    out(serde_json::json!({"partition": parts[i], "id": e.id, "invalid": "no_event_field"}).to_string());
                     continue;
                 };
-                if let Ok(ev) = Event::decode(b.as_slice()) {
+                let decoded = Event::decode(b.as_slice());
+                if let Err(err) = &decoded {
+                    // Said, like `tail kafka` says invalid records: a stream entry the gateway
+                    // would skip.
+                    out(serde_json::json!({"partition": parts[i], "id": e.id, "invalid": "decode", "error": err.to_string()}).to_string());
+                }
+                if let Ok(ev) = decoded {
                     out(String::from_utf8_lossy(&event_json(
                         parts[i],
                         offset,

@@ -247,3 +247,71 @@ async fn tailing_redis_prints_the_stream_entries() {
     })
     .await;
 }
+
+/// `dashstream tail redis`: an empty or wrong prefix names the set it read, a partition without
+/// a stream is named, an undecodable entry is printed as invalid, and an idle stream is waited
+/// on (an XREAD BLOCK longer than the client's default reply timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tailing_redis_says_what_is_wrong() {
+    deadline(90, async {
+        let s = services();
+        let prefix = unique("tail-redis-bad");
+        let keys = dashstream::keys::StreamKeys::new(&prefix, "events");
+        let run = |args: &[&str]| {
+            let out = Command::new(env!("CARGO_BIN_EXE_dashstream"))
+                .arg("tail")
+                .arg("redis")
+                .args(args)
+                .env_clear()
+                .envs([
+                    ("REDIS_URL", s.redis_url.as_str()),
+                    ("REDIS_KEY_PREFIX", prefix.as_str()),
+                    ("KAFKA_TOPIC", "events"),
+                ])
+                .output()
+                .expect("run dashstream tail");
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        let (ok, _, err) = run(&["--idle-secs", "1"]);
+        assert!(!ok);
+        assert!(err.contains(&keys.partitions()), "names the set: {err}");
+        assert!(err.contains("REDIS_KEY_PREFIX"), "{err}");
+
+        let mut c = redis::Client::open(s.redis_url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection_with_config(&dashstream_testkit::redis_patient())
+            .await
+            .unwrap();
+        let _: () = redis::cmd("SADD")
+            .arg(keys.partitions())
+            .arg(0)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let _: String = redis::cmd("XADD")
+            .arg(keys.stream(0))
+            .arg(dashstream::keys::entry_id(7, 0))
+            .arg("ev")
+            .arg(b"\xff\xff\xff".as_slice())
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let (ok, _, err) = run(&["--partition", "9", "--idle-secs", "1"]);
+        assert!(!ok);
+        assert!(err.contains("partition 9 has no stream"), "{err}");
+
+        let started = std::time::Instant::now();
+        let (ok, out, err) = run(&["--from", "earliest", "--idle-secs", "3"]);
+        assert!(ok, "an idle stream is waited on, not an error: {err}");
+        assert!(started.elapsed() >= Duration::from_secs(3));
+        let line: serde_json::Value =
+            serde_json::from_str(out.lines().next().expect("a line")).unwrap();
+        assert_eq!(line["invalid"], "decode", "{line}");
+        assert_eq!(line["partition"], 0);
+    })
+    .await;
+}
