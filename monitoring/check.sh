@@ -9,19 +9,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 source ../deploy/local/lib.sh
 
 if ! command -v promtool >/dev/null || [[ ! -x /usr/bin/prometheus ]]; then
-  guard=0
-  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-    # Debian runs invoke-rc.d after installing a service; exit 101 means "do not start it".
-    # The trap removes it however the install ends (ensure_apt_packages exits on failure):
-    # left behind, it would stop every later service start on the machine.
-    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
-    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && guard=1
-  fi
-  ensure_apt_packages prometheus
-  if ((guard)); then
-    rm -f /usr/sbin/policy-rc.d
-    trap - EXIT
-  fi
+  # Installed without letting Debian start a Prometheus service (see lib.sh).
+  ensure_service_packages prometheus
 fi
 promtool check rules alert_rules.yml
 promtool check config prometheus.yml

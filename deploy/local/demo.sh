@@ -5,8 +5,11 @@
 # producer, and prints where to look (the live viewer, the WebSocket URL, the metrics).
 # Ctrl-C stops everything it started.
 #
+# Also starts Prometheus (with the alert rules, scraping the ports chosen here) and
+# Alertmanager, both Debian's packages, unless DEMO_MONITORING=0.
+#
 # Settings (environment): DEMO_RATE (events/s, default 200), DEMO_PARTITIONS (default 12),
-# KAFKA_TOPIC (default dashstream-events).
+# KAFKA_TOPIC (default dashstream-events), DEMO_MONITORING (1 or 0, default 1).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 # shellcheck source=lib.sh
@@ -15,8 +18,10 @@ source deploy/local/lib.sh
 RATE="${DEMO_RATE:-200}"
 PARTITIONS="${DEMO_PARTITIONS:-12}"
 TOPIC="${KAFKA_TOPIC:-dashstream-events}"
+MONITORING="${DEMO_MONITORING:-1}"
 
 ensure_apt_packages build-essential pkg-config libssl-dev zlib1g-dev cmake python3 curl
+if ((MONITORING)); then ensure_service_packages prometheus prometheus-alertmanager; fi
 command -v cargo >/dev/null || die "cargo is not installed (Rust 1.85+ is required)"
 log "building (release; the first build compiles librdkafka and takes a few minutes)"
 cargo build --release --locked -p dashstream -p dashstream-ingest -p dashstream-gateway
@@ -33,7 +38,9 @@ export KAFKA_TOPIC="$TOPIC"
 
 pids=()
 cleanup() {
-  trap - INT TERM EXIT
+  # A second Ctrl-C (or the terminal's INT to the whole group) must not cut the cleanup short.
+  trap "" INT TERM
+  trap - EXIT
   log "stopping the demo"
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
@@ -68,6 +75,37 @@ started_lb=1
 "$BIN/dashstream" produce --rate "$RATE" --threads 50 >"$logdir/producer.log" 2>&1 &
 pids+=("$!")
 
+monitoring_info="  monitoring:       off (DEMO_MONITORING=0)"
+if ((MONITORING)); then
+  # Prometheus scrapes the ports chosen above (the shipped monitoring/prometheus.yml has the
+  # defaults), loads the alert rules and sends alerts to a local Alertmanager.
+  am_port="$(free_port)"
+  cat >"$logdir/alertmanager.yml" <<AM
+route: {receiver: log}
+receivers: [{name: log}]
+AM
+  /usr/bin/prometheus-alertmanager --config.file="$logdir/alertmanager.yml" \
+    --storage.path="$logdir/alertmanager" --web.listen-address="127.0.0.1:$am_port" \
+    --cluster.listen-address="" >"$logdir/alertmanager.log" 2>&1 &
+  pids+=("$!")
+  prom_port="$(free_port)"
+  {
+    printf 'global: {scrape_interval: 15s, evaluation_interval: 15s}\n'
+    printf 'rule_files: ["%s"]\n' "$PWD/monitoring/alert_rules.yml"
+    printf 'alerting: {alertmanagers: [{static_configs: [{targets: ["127.0.0.1:%s"]}]}]}\n' "$am_port"
+    printf 'scrape_configs:\n'
+    printf '  - job_name: dashstream-ingest\n    static_configs: [{targets: [%s]}]\n' \
+      "$(printf '"127.0.0.1:%s",' "${ports[@]}" | sed 's/,$//')"
+    printf '  - job_name: dashstream-gateway\n    static_configs: [{targets: [%s]}]\n' \
+      "$(printf '"127.0.0.1:%s",' "${gw_ports[@]}" | sed 's/,$//')"
+  } >"$logdir/prometheus.yml"
+  /usr/bin/prometheus --config.file="$logdir/prometheus.yml" --storage.tsdb.path="$logdir/prometheus" \
+    --web.listen-address="127.0.0.1:$prom_port" >"$logdir/prometheus.log" 2>&1 &
+  pids+=("$!")
+  monitoring_info="  Prometheus:       http://127.0.0.1:$prom_port/alerts   (targets: /targets; config $logdir/prometheus.yml)
+  Alertmanager:     http://127.0.0.1:$am_port/"
+fi
+
 cat <<INFO
 
 DashStream demo is running (topic $TOPIC, $PARTITIONS partitions, $RATE events/s).
@@ -79,6 +117,7 @@ DashStream demo is running (topic $TOPIC, $PARTITIONS partitions, $RATE events/s
   WebSocket:        ws://127.0.0.1:$lb_port/ws?from=latest   (format=protobuf, tenant=, thread=, type= filters)
   gateway metrics:  $(for p in "${gw_ports[@]}"; do printf 'http://127.0.0.1:%s/metrics  ' "$p"; done)
   watch a stream:   redis-cli -u $REDIS_URL XREVRANGE dashstream:$TOPIC:0 + - COUNT 3
+$monitoring_info
   logs:             $logdir
 Press Ctrl-C to stop.
 INFO

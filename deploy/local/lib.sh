@@ -281,3 +281,24 @@ ensure_apt_packages() {
   done
   log "installed: ${missing[*]}"
 }
+
+# ensure_service_packages PKG...: like ensure_apt_packages, for packages that ship a system
+# service (prometheus, alertmanager): Debian would start it on install; this keeps it stopped
+# (policy-rc.d answers 101), and the trap removes that file however the install ends.
+ensure_service_packages() {
+  local missing=() pkg
+  for pkg in "$@"; do
+    _pkg_installed "$pkg" || missing+=("$pkg")
+  done
+  ((${#missing[@]} == 0)) && return 0
+  local guard=0
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && guard=1
+  fi
+  ensure_apt_packages "${missing[@]}"
+  if ((guard)); then
+    rm -f /usr/sbin/policy-rc.d
+    trap - EXIT
+  fi
+}
