@@ -46,6 +46,9 @@ pub struct Metrics {
     pub sequence_reorder: IntCounter,
     pub sequence_tracked_threads: IntGauge,
     pub stream_resets: IntCounterVec,
+    /// Records Kafka's retention deleted before the ingest read them (each such loss also
+    /// starts an `offset_reset` epoch).
+    pub records_lost: IntCounter,
     pub fenced: IntCounter,
     pub reclaims: IntCounter,
     pub redis_rollbacks: IntCounterVec,
@@ -221,6 +224,13 @@ impl Metrics {
                 Opts::new("sequence_tracked_threads", "Threads in the bounded sequence tracker")
                     .namespace(NS),
             )?,
+            records_lost: IntCounter::with_opts(
+                Opts::new(
+                    "records_lost_total",
+                    "Records deleted by Kafka's retention before they were ingested",
+                )
+                .namespace(NS),
+            )?,
             stream_resets: counter_vec(
                 "stream_resets_total",
                 "New stream epochs started because history was lost, by reason (flushed, topic_recreated, meta_lost, redis_rollback, offset_reset)",
@@ -271,6 +281,7 @@ impl Metrics {
         registry.register(Box::new(m.assigned_partitions.clone()))?;
         registry.register(Box::new(m.topic_partitions.clone()))?;
         registry.register(Box::new(m.ready.clone()))?;
+        registry.register(Box::new(m.records_lost.clone()))?;
         registry.register(Box::new(m.dependency_up.clone()))?;
         registry.register(Box::new(m.lag_poll_failures.clone()))?;
         registry.register(Box::new(m.rebalances.clone()))?;

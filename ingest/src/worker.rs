@@ -812,6 +812,7 @@ impl Worker {
                 next = m.offset(),
                 "records were deleted by Kafka's retention before they were ingested: new epoch"
             );
+            self.metrics.records_lost.inc_by((low - expected) as u64);
             let Some(c) = self.claim(Some(NewEpoch::OffsetReset), st, stop).await else {
                 return Next::Stop;
             };

@@ -85,6 +85,12 @@ async fn records_deleted_under_a_stopped_ingest_start_a_new_epoch() {
                  got {got}"
             ));
         }
+        let lost = metric(&m, "dashstream_ingest_records_lost_total", &[]);
+        if lost != 50.0 {
+            failures.push(format!(
+                "expected dashstream_ingest_records_lost_total = 50 (offsets 100..149), got {lost}"
+            ));
+        }
         let offsets: Vec<i64> = streams[&0].iter().map(|(o, _)| *o).collect();
         if offsets != (150..200).collect::<Vec<i64>>() {
             failures.push(format!(
