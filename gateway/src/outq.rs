@@ -79,11 +79,10 @@ impl Outbox {
         self.sheds.load(Ordering::Relaxed)
     }
 
-    fn add(&self, n: usize) {
-        let total = self.bytes.fetch_add(n, Ordering::Relaxed) + n;
-        if total > self.budget {
-            self.shed_largest();
-        }
+    /// Counts `n` more bytes; whether the total is now over the budget.
+    fn add(&self, n: usize) -> bool {
+        let total = self.bytes.fetch_add(n, Ordering::Relaxed).saturating_add(n);
+        total > self.budget
     }
 
     fn sub(&self, n: usize) {
@@ -175,11 +174,17 @@ impl OutQueue {
 
     fn push_locked(&self, mut s: MutexGuard<'_, State>, o: Outbound) {
         let n = o.bytes();
+        // Counted before the writer can see the frame: its `written` must never subtract
+        // bytes the total does not hold yet (the total would wrap and look over budget).
+        let over = self.outbox.add(n);
         s.bytes += n;
         s.items.push_back(o);
         drop(s);
         self.to_writer.notify_one();
-        self.outbox.add(n);
+        if over {
+            // Outside this queue's lock: shedding reads every queue's state.
+            self.outbox.shed_largest();
+        }
     }
 
     /// Queues `o`, waiting for room.
