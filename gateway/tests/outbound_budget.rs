@@ -6,6 +6,7 @@
 mod common;
 use common::*;
 use dashstream_testkit::{http_get, metric_sum, parse_metrics, wait_for};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -38,17 +39,42 @@ async fn over_the_outbound_budget_the_client_holding_most_is_shed_and_resumes_lo
         let mut slow_rx = Received::default();
         slow_rx.take(&slow.next(Duration::from_secs(5)).await.unwrap());
 
-        let mut opts = sys.produce_options(8_000, Some(2_000.0));
-        opts.payload_bytes = 1_000;
+        // 8 MB at 1 MB/s: more than the slow client's kernel buffers (up to 4 MiB sent, 16 KiB
+        // received) and the budget together, at a pace the fast client keeps up with: it is
+        // shed only if it falls half the budget (0.5 s) behind.
+        let mut opts = sys.produce_options(4_000, Some(500.0));
+        opts.payload_bytes = 2_000;
         let producer = tokio::spawn({
             let sys = sys.clone();
             async move { sys.produce(opts).await }
         });
+        // The fast client reads until it has everything the producer sent (known once the
+        // producer is done) or its connection ends; a pause in the stream does not end it.
+        let (fast_want, mut want_seen) =
+            tokio::sync::watch::channel(None::<BTreeSet<(i32, i64, u32)>>);
         let fast_task = tokio::spawn(async move {
-            while let Some(f) = fast.next(Duration::from_secs(5)).await {
-                fast_rx.take(&f);
+            let mut closed = None;
+            let end = tokio::time::Instant::now() + Duration::from_secs(240);
+            loop {
+                if let Some(w) = &*want_seen.borrow_and_update() {
+                    if w.is_subset(&fast_rx.events) {
+                        break;
+                    }
+                }
+                let left = end.saturating_duration_since(tokio::time::Instant::now());
+                tokio::select! {
+                    f = fast.next(left) => match f {
+                        Some(Frame::Close(code)) => {
+                            closed = Some(code);
+                            break;
+                        }
+                        Some(f) => fast_rx.take(&f),
+                        None => break,
+                    },
+                    _ = want_seen.changed() => {}
+                }
             }
-            fast_rx
+            (fast_rx, closed)
         });
         wait_for("the slow client shed", Duration::from_secs(120), || async {
             let m = parse_metrics(&http_get(&gw.addr, "/metrics").await.ok()?.1);
@@ -62,6 +88,7 @@ async fn over_the_outbound_budget_the_client_holding_most_is_shed_and_resumes_lo
         .await;
         let report = producer.await.unwrap();
         let want = expected(&report.deliveries);
+        fast_want.send_replace(Some(want.clone()));
 
         // The slow client reads what reached it, up to the end of its connection...
         let mut closed = None;
@@ -88,12 +115,7 @@ async fn over_the_outbound_budget_the_client_holding_most_is_shed_and_resumes_lo
         assert_eq!(slow_rx.duplicates + slow_rx.out_of_order, 0);
 
         // The client that kept reading was never shed and got everything.
-        let fast_rx = fast_task.await.unwrap();
-        assert!(
-            want.is_subset(&fast_rx.events),
-            "the fast client got everything"
-        );
-        assert_eq!(fast_rx.duplicates + fast_rx.out_of_order, 0);
+        let (fast_rx, fast_closed) = fast_task.await.unwrap();
         let m = parse_metrics(&http_get(&gw.addr, "/metrics").await.unwrap().1);
         assert_eq!(
             metric_sum(
@@ -102,8 +124,15 @@ async fn over_the_outbound_budget_the_client_holding_most_is_shed_and_resumes_lo
                 &[("reason", "slow")]
             ),
             1.0,
-            "only the slow client was shed"
+            "only the slow client was shed (the fast one closed with {fast_closed:?})"
         );
+        assert!(
+            want.is_subset(&fast_rx.events),
+            "the fast client got everything: {} of {}, closed with {fast_closed:?}",
+            want.intersection(&fast_rx.events).count(),
+            want.len()
+        );
+        assert_eq!(fast_rx.duplicates + fast_rx.out_of_order, 0);
     })
     .await;
 }
