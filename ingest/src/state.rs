@@ -19,27 +19,44 @@ pub struct Progress {
     pub acked_next: AtomicI64,
     /// Where consumption started (committed offset or reset position); -1 until known.
     pub start_offset: AtomicI64,
-    /// Last time the partition advanced or was seen caught up ([`now_ms`]).
-    pub last_progress_ms: AtomicU64,
+    /// Last time the partition advanced or was seen caught up ([`now_ms`]; below 0 when that
+    /// was before this process started, as carried over from a previous owner).
+    last_progress_ms: AtomicI64,
+    /// When this record was created: `last_progress_ms` until the partition first moves here.
+    born_ms: i64,
 }
 
 impl Progress {
     pub fn new() -> Self {
+        let born = now_ms() as i64;
         Self {
             acked_next: AtomicI64::new(-1),
             start_offset: AtomicI64::new(-1),
-            last_progress_ms: AtomicU64::new(now_ms()),
+            last_progress_ms: AtomicI64::new(born),
+            born_ms: born,
         }
     }
 
     pub fn touch(&self) {
-        self.last_progress_ms.store(now_ms(), Ordering::Relaxed);
+        self.last_progress_ms
+            .store(now_ms() as i64, Ordering::Relaxed);
+    }
+
+    /// The partition last moved `ago` (as a previous owner recorded it): staleness continues
+    /// from there, unless this process has seen it move (or caught up) since it got it.
+    pub fn progressed_ago(&self, ago: Duration) {
+        let at = now_ms() as i64 - i64::try_from(ago.as_millis()).unwrap_or(i64::MAX / 4);
+        let _ = self.last_progress_ms.compare_exchange(
+            self.born_ms,
+            at.min(self.born_ms),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
     }
 
     pub fn staleness(&self) -> Duration {
-        Duration::from_millis(
-            now_ms().saturating_sub(self.last_progress_ms.load(Ordering::Relaxed)),
-        )
+        let last = self.last_progress_ms.load(Ordering::Relaxed);
+        Duration::from_millis((now_ms() as i64).saturating_sub(last).max(0) as u64)
     }
 
     /// The position lag is measured from: acknowledged, else where consumption started.
@@ -149,5 +166,22 @@ impl dashstream::http::Readiness for Health {
         } else {
             Err(reasons)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staleness_continues_from_a_previous_owner_until_the_partition_moves_here() {
+        let p = Progress::new();
+        p.progressed_ago(Duration::from_secs(600));
+        assert!(p.staleness() >= Duration::from_secs(600));
+        p.touch();
+        assert!(p.staleness() < Duration::from_secs(1));
+        // Once it has moved here, an older record does not make it stale again.
+        p.progressed_ago(Duration::from_secs(900));
+        assert!(p.staleness() < Duration::from_secs(1));
     }
 }

@@ -10,7 +10,8 @@
 //! - **write**: checks once per batch that the caller still owns the partition and that the
 //!   stream's `next_offset` is the one the caller expects, then `XADD`s every entry with its
 //!   explicit ID (`ev` only; the batch's last entry also carries `ts`), moves `next_offset`
-//!   past the batch (dead-lettered records included) and trims once with `MAXLEN ~`. When
+//!   past the batch (dead-lettered records included), notes the time in `progress_us` (so a
+//!   next owner knows how long the partition has been still) and trims once with `MAXLEN ~`. When
 //!   `next_offset` is not the expected one, nothing is written and the reply says why:
 //!   [`WriteOutcome::Done`] (this very batch was written already: a retry after a timeout),
 //!   [`WriteOutcome::Rollback`] (Redis went backwards: it lost acknowledged writes) or
@@ -53,7 +54,8 @@ if not epoch then
 end
 redis.call('HSET', KEYS[2], 'owner', ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[3])
-return {epoch, tonumber(redis.call('HGET', KEYS[2], 'next_offset')), reason}
+local m = redis.call('HMGET', KEYS[2], 'next_offset', 'progress_us')
+return {epoch, tonumber(m[1]), reason, tonumber(m[2] or '-1')}
 "#,
     )
 });
@@ -84,7 +86,7 @@ if n >= 7 then
   end
   redis.call('XADD', KEYS[1], ARGV[n - 2], 'ev', ARGV[n - 1], 'ts', ARGV[4])
 end
-redis.call('HSET', KEYS[2], 'next_offset', after)
+redis.call('HSET', KEYS[2], 'next_offset', after, 'progress_us', ARGV[4])
 if n >= 7 then redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', ARGV[3]) end
 return {'OK', after}
 "#;
@@ -159,6 +161,10 @@ pub struct Claim {
     /// The next Kafka offset the stream expects; -1 when nothing was written in this epoch.
     pub next_offset: i64,
     pub reason: ClaimReason,
+    /// When a write last moved the stream on (ingest wall clock, µs; -1: never in this
+    /// epoch). Kept in the meta hash so that a new owner continues the partition's staleness
+    /// instead of starting it at 0 (operability review F2).
+    pub progress_us: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -323,13 +329,14 @@ impl PartitionStore {
             .arg(self.partition)
             .arg(now_ms)
             .arg(new_epoch.map_or("", NewEpoch::as_str));
-        let (epoch, next_offset, reason): (String, i64, String) =
+        let (epoch, next_offset, reason, progress_us): (String, i64, String, i64) =
             self.bounded(inv.invoke_async(&mut conn)).await?;
         let reason = ClaimReason::parse(&reason).ok_or(StoreError::Reply(reason))?;
         Ok(Claim {
             epoch,
             next_offset,
             reason,
+            progress_us,
         })
     }
 

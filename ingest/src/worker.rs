@@ -262,6 +262,10 @@ impl Worker {
             match attempt {
                 Ok(c) => {
                     self.health.redis.ok();
+                    if c.progress_us >= 0 {
+                        let ago = (dashstream::now_us() - c.progress_us).max(0) as u64;
+                        self.progress.progressed_ago(Duration::from_micros(ago));
+                    }
                     self.report_claim(&c, st).await;
                     st.after_reset = false;
                     return Some(c);

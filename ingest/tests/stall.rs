@@ -1,6 +1,8 @@
 //! A stalled pipeline (its Redis frozen with SIGSTOP, so writes hang) while the producer
 //! continues: the lag metric read from /metrics keeps rising, and so does staleness, for the
 //! whole stall; neither is ever reported as 0. After the stall everything is delivered.
+//! And a stuck partition that changes owner keeps its staleness: the new owner continues it
+//! from the time the last write recorded in the stream's meta (operability review F2).
 
 mod common;
 use common::*;
@@ -76,6 +78,62 @@ async fn a_stalled_consumer_shows_lag_and_staleness_rising_never_zero() {
             },
         )
         .await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_partition_that_changes_owner_keeps_its_staleness() {
+    deadline(180, async {
+        let h = Harness::new("stuckowner", 1).await;
+        let mut first = h.ingest("i1", &[]);
+        let report = h.produce(h.produce_options(100, None)).await;
+        h.wait_written(&report.deliveries, Duration::from_secs(60))
+            .await;
+        let progress_us: i64 = h
+            .meta_field(0, "progress_us")
+            .await
+            .expect("a write records its time in the meta")
+            .parse()
+            .unwrap();
+        assert!((dashstream::now_us() - progress_us).abs() < 120_000_000);
+        first.stop().await;
+
+        // The partition last moved 10 minutes ago, and its stream cannot be written any more
+        // (a key of another type: every write fails, the claim still succeeds).
+        let mut redis = h.redis().await;
+        let stream = h.keys().stream(0);
+        let _: () = redis::pipe()
+            .del(&stream)
+            .set(&stream, "not a stream")
+            .hset(
+                h.keys().meta(0),
+                "progress_us",
+                dashstream::now_us() - 600_000_000,
+            )
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        h.produce(h.produce_options(20, None)).await;
+
+        let second = h.ingest("i2", &[]);
+        let (staleness, lag) = wait_for(
+            "the new owner's staleness to continue from the meta",
+            Duration::from_secs(60),
+            || async {
+                let m = second.metrics().await?;
+                let lag = metric(&m, "dashstream_ingest_partition_lag", &[("partition", "0")]);
+                let staleness = metric(
+                    &m,
+                    "dashstream_ingest_partition_staleness_seconds",
+                    &[("partition", "0")],
+                );
+                (lag > 0.0 && staleness >= 600.0).then_some((staleness, lag))
+            },
+        )
+        .await;
+        assert!(staleness < 900.0, "staleness {staleness}");
+        assert!(lag >= 20.0, "lag {lag}");
     })
     .await;
 }
