@@ -15,4 +15,8 @@ fi
 promtool check rules alert_rules.yml
 promtool check config prometheus.yml
 promtool test rules tests/alert_rules_test.yml
+# The operability review's appendix, ported to assert the fixed behaviour.
+promtool test rules tests/ops_review_test.yml tests/ops_review_dlq_test.yml
+# The runbook quotes every rule as the rules file has it.
+python3 check_runbook.py
 python3 -c "import json; d = json.load(open('grafana/dashstream.json')); print('dashboard:', len(d['panels']), 'panels')"
