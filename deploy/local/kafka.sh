@@ -13,8 +13,11 @@
 #   kafka.log (+ kafka.log.1)       broker log of this (and the previous) run
 #   kafka.pid, kafka.env            pid and the ports/cluster id chosen
 # start: idempotent. Reuses a running broker; otherwise restarts on the saved
-#        ports with the existing data, or — first run, or a saved port now used
-#        by someone else — picks free ports and formats a fresh data dir.
+#        ports with the existing data; a saved port now used by someone else
+#        moves it to new free ports with the same data (as redis.sh keeps its
+#        data, so the streams never get ahead of an empty topic); a first run,
+#        or data written by another Kafka version, picks free ports and formats
+#        a fresh data dir.
 #        Waits (up to $KAFKA_START_TIMEOUT s, default 90) until the broker
 #        answers a topic listing, then prints KAFKA_BROKERS=127.0.0.1:PORT.
 # stop:  SIGTERM (controlled shutdown), SIGKILL after 60 s.
@@ -200,8 +203,13 @@ choose_ports() {
     log "Kafka data was written by $SAVED_KAFKA_VERSION, now running $KAFKA_VERSION: formatting anew"
     fresh_ports
   elif port_open "$KAFKA_PORT" || port_open "$KAFKA_CONTROLLER_PORT"; then
-    log "saved port $KAFKA_PORT or $KAFKA_CONTROLLER_PORT is now used by another process: new ports, fresh data dir"
-    fresh_ports
+    # The data stays (operability review C6): the local Redis keeps its streams, and an empty
+    # topic behind them would look like a re-created topic to the ingest.
+    local ports
+    ports="$(free_ports 2)"
+    log "saved port $KAFKA_PORT or $KAFKA_CONTROLLER_PORT is now used by another process: moving to new ports, keeping the data in $KAFKA_DATA"
+    KAFKA_PORT="$(sed -n 1p <<<"$ports")"
+    KAFKA_CONTROLLER_PORT="$(sed -n 2p <<<"$ports")"
   else
     log "restarting Kafka with existing data on saved ports $KAFKA_PORT (broker) / $KAFKA_CONTROLLER_PORT (controller)"
   fi
