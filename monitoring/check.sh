@@ -15,6 +15,7 @@ fi
 promtool check rules alert_rules.yml
 promtool check config prometheus.yml
 promtool test rules tests/alert_rules_test.yml
+promtool test rules tests/retention_test.yml
 # The operability review's appendix, ported to assert the fixed behaviour.
 promtool test rules tests/ops_review_test.yml tests/ops_review_dlq_test.yml
 # The runbook quotes every rule as the rules file has it.

@@ -94,9 +94,9 @@ AM
     printf 'rule_files: ["%s"]\n' "$PWD/monitoring/alert_rules.yml"
     printf 'alerting: {alertmanagers: [{static_configs: [{targets: ["127.0.0.1:%s"]}]}]}\n' "$am_port"
     printf 'scrape_configs:\n'
-    printf '  - job_name: dashstream-ingest\n    static_configs: [{targets: [%s]}]\n' \
+    printf '  - job_name: dashstream-ingest\n    static_configs: [{targets: [%s], labels: {deployment: demo}}]\n' \
       "$(printf '"127.0.0.1:%s",' "${ports[@]}" | sed 's/,$//')"
-    printf '  - job_name: dashstream-gateway\n    static_configs: [{targets: [%s]}]\n' \
+    printf '  - job_name: dashstream-gateway\n    static_configs: [{targets: [%s], labels: {deployment: demo}}]\n' \
       "$(printf '"127.0.0.1:%s",' "${gw_ports[@]}" | sed 's/,$//')"
   } >"$logdir/prometheus.yml"
   /usr/bin/prometheus --config.file="$logdir/prometheus.yml" --storage.tsdb.path="$logdir/prometheus" \

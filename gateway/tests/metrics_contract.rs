@@ -113,6 +113,18 @@ async fn metrics_used_by_alerts_and_dashboard_exist_are_bounded_and_counters_onl
         )
         .await;
         fast_task.await.unwrap();
+        // The streams' retention is measured on a slow tick (at most every 5 s), not at scrape.
+        wait_for(
+            "the ingest to measure its streams' oldest entries",
+            Duration::from_secs(30),
+            || async {
+                let (_, s) = scrape(&ingest.addr).await;
+                s.iter()
+                    .any(|s| s.name == "dashstream_ingest_stream_oldest_entry_age_seconds")
+                    .then_some(())
+            },
+        )
+        .await;
 
         let (ingest_text, after_ingest) = scrape(&ingest.addr).await;
         let (gw_text, after_gw) = scrape(&gw.addr).await;

@@ -13,6 +13,7 @@ pub mod consumer;
 pub mod dlq;
 pub mod lag;
 pub mod metrics;
+pub mod retention;
 pub mod state;
 pub mod store;
 pub mod worker;
@@ -65,6 +66,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), IngestError> {
     let metrics = Arc::new(Metrics::new(&registry)?);
+    metrics
+        .stream_maxlen
+        .set(i64::try_from(settings.options.stream_maxlen).unwrap_or(i64::MAX));
     let health = Arc::new(Health::default());
     let options = Arc::new(settings.options.clone());
     let keys = StreamKeys::new(&settings.redis.key_prefix, &settings.topic);
@@ -182,6 +186,15 @@ pub async fn run(
         .set("enable.partition.eof", "false")
         .create_with_context(ctx)?;
     let consumer = Arc::new(consumer);
+    // How much history each owned stream holds (entries, oldest entry's age).
+    let retention_monitor = retention::RetentionMonitor {
+        redis: redis.clone(),
+        keys: keys.clone(),
+        consumer: Arc::downgrade(&consumer),
+        metrics: metrics.clone(),
+        interval: retention::interval(options.lag_interval),
+        timeout: settings.redis.command_timeout,
+    };
     let owner_base = format!("{}:{}", options.instance_id, uuid::Uuid::new_v4());
     let claims = std::sync::atomic::AtomicU64::new(0);
     let spawn: SpawnWorker = {
@@ -225,6 +238,7 @@ pub async fn run(
     consumer.subscribe(&[&settings.topic])?;
     tracing::info!(topic = %settings.topic, group = %settings.group_id, "ingest started");
     let _ = consumer_cell.set(consumer.clone());
+    let retention = tokio::spawn(retention_monitor.run(stop.clone()));
 
     // The two pipeline threads report their end; one ending before `stop` is fatal.
     let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel::<(&'static str, String)>();
@@ -294,6 +308,7 @@ pub async fn run(
     http_stop.cancel();
     let _ = http.await;
     redis_ping.abort();
+    retention.abort();
     tracing::info!("ingest stopped");
     if let Some(why) = failure {
         return Err(IngestError::Thread(why));

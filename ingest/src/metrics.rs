@@ -28,6 +28,11 @@ pub struct Metrics {
     pub partition_staleness: GaugeVec,
     pub partition_assigned: IntGaugeVec,
     pub partition_acked_offset: IntGaugeVec,
+    /// Entries (`XLEN`) of each owned partition's stream, and the age of its oldest entry
+    /// (measured by `retention`); the configured `INGEST_STREAM_MAXLEN`.
+    pub stream_entries: IntGaugeVec,
+    pub stream_oldest_age: GaugeVec,
+    pub stream_maxlen: IntGauge,
     pub assigned_partitions: IntGauge,
     /// Partitions of the topic, as the broker reports them (0 until first measured).
     pub topic_partitions: IntGauge,
@@ -179,6 +184,29 @@ impl Metrics {
                 .namespace(NS),
                 &["partition"],
             )?,
+            stream_entries: IntGaugeVec::new(
+                Opts::new(
+                    "stream_entries",
+                    "Entries (XLEN) of the partition's Redis stream",
+                )
+                .namespace(NS),
+                &["partition"],
+            )?,
+            stream_oldest_age: GaugeVec::new(
+                Opts::new(
+                    "stream_oldest_entry_age_seconds",
+                    "Now minus the producer timestamp of the oldest entry of the partition's Redis stream",
+                )
+                .namespace(NS),
+                &["partition"],
+            )?,
+            stream_maxlen: IntGauge::with_opts(
+                Opts::new(
+                    "stream_maxlen",
+                    "The configured approximate maximum entries of each partition stream (INGEST_STREAM_MAXLEN)",
+                )
+                .namespace(NS),
+            )?,
             assigned_partitions: IntGauge::with_opts(
                 Opts::new("assigned_partitions", "Partitions assigned to this process").namespace(NS),
             )?,
@@ -278,6 +306,9 @@ impl Metrics {
         registry.register(Box::new(m.partition_staleness.clone()))?;
         registry.register(Box::new(m.partition_assigned.clone()))?;
         registry.register(Box::new(m.partition_acked_offset.clone()))?;
+        registry.register(Box::new(m.stream_entries.clone()))?;
+        registry.register(Box::new(m.stream_oldest_age.clone()))?;
+        registry.register(Box::new(m.stream_maxlen.clone()))?;
         registry.register(Box::new(m.assigned_partitions.clone()))?;
         registry.register(Box::new(m.topic_partitions.clone()))?;
         registry.register(Box::new(m.ready.clone()))?;
@@ -334,6 +365,8 @@ impl Metrics {
         let _ = self.partition_staleness.remove_label_values(&[&p]);
         let _ = self.partition_assigned.remove_label_values(&[&p]);
         let _ = self.partition_acked_offset.remove_label_values(&[&p]);
+        let _ = self.stream_entries.remove_label_values(&[&p]);
+        let _ = self.stream_oldest_age.remove_label_values(&[&p]);
     }
 
     /// The handles of one partition's worker.
