@@ -22,8 +22,8 @@ pub struct Progress {
     /// Last time the partition advanced or was seen caught up ([`now_ms`]; below 0 when that
     /// was before this process started, as carried over from a previous owner).
     last_progress_ms: AtomicI64,
-    /// When this record was created: `last_progress_ms` until the partition first moves here.
-    born_ms: i64,
+    /// Whether the partition has moved (or been seen caught up) since this process got it.
+    moved: AtomicBool,
 }
 
 impl Progress {
@@ -33,11 +33,12 @@ impl Progress {
             acked_next: AtomicI64::new(-1),
             start_offset: AtomicI64::new(-1),
             last_progress_ms: AtomicI64::new(born),
-            born_ms: born,
+            moved: AtomicBool::new(false),
         }
     }
 
     pub fn touch(&self) {
+        self.moved.store(true, Ordering::Relaxed);
         self.last_progress_ms
             .store(now_ms() as i64, Ordering::Relaxed);
     }
@@ -46,12 +47,9 @@ impl Progress {
     /// from there, unless this process has seen it move (or caught up) since it got it.
     pub fn progressed_ago(&self, ago: Duration) {
         let at = now_ms() as i64 - i64::try_from(ago.as_millis()).unwrap_or(i64::MAX / 4);
-        let _ = self.last_progress_ms.compare_exchange(
-            self.born_ms,
-            at.min(self.born_ms),
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
+        if !self.moved.load(Ordering::Relaxed) {
+            self.last_progress_ms.fetch_min(at, Ordering::Relaxed);
+        }
     }
 
     pub fn staleness(&self) -> Duration {
