@@ -28,11 +28,10 @@ pub struct Progress {
 
 impl Progress {
     pub fn new() -> Self {
-        let born = now_ms() as i64;
         Self {
             acked_next: AtomicI64::new(-1),
             start_offset: AtomicI64::new(-1),
-            last_progress_ms: AtomicI64::new(born),
+            last_progress_ms: AtomicI64::new(now_ms() as i64),
             moved: AtomicBool::new(false),
         }
     }
