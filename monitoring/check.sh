@@ -16,6 +16,9 @@ promtool check rules alert_rules.yml
 promtool check config prometheus.yml
 promtool test rules tests/alert_rules_test.yml
 promtool test rules tests/retention_test.yml
+promtool test rules tests/redis_rules_test.yml
+# The redis_* names the rules use, against Debian's prometheus-redis-exporter on a throwaway Redis.
+bash redis_exporter_check.sh
 # The operability review's appendix, ported to assert the fixed behaviour.
 promtool test rules tests/ops_review_test.yml tests/ops_review_dlq_test.yml
 # The runbook quotes every rule as the rules file has it.

@@ -5,8 +5,9 @@
 # producer, and prints where to look (the live viewer, the WebSocket URL, the metrics).
 # Ctrl-C stops everything it started.
 #
-# Also starts Prometheus (with the alert rules, scraping the ports chosen here) and
-# Alertmanager, both Debian's packages, unless DEMO_MONITORING=0.
+# Also starts Prometheus (with the alert rules, scraping the ports chosen here), Alertmanager
+# and prometheus-redis-exporter (on the demo's Redis), all Debian's packages, unless
+# DEMO_MONITORING=0.
 #
 # Settings (environment): DEMO_RATE (events/s, default 200), DEMO_PARTITIONS (default 12),
 # KAFKA_TOPIC (default dashstream-events), DEMO_MONITORING (1 or 0, default 1).
@@ -21,7 +22,7 @@ TOPIC="${KAFKA_TOPIC:-dashstream-events}"
 MONITORING="${DEMO_MONITORING:-1}"
 
 ensure_apt_packages build-essential pkg-config libssl-dev zlib1g-dev cmake python3 curl
-if ((MONITORING)); then ensure_service_packages prometheus prometheus-alertmanager; fi
+if ((MONITORING)); then ensure_service_packages prometheus prometheus-alertmanager prometheus-redis-exporter; fi
 command -v cargo >/dev/null || die "cargo is not installed (Rust 1.85+ is required)"
 log "building (release; the first build compiles librdkafka and takes a few minutes)"
 cargo build --release --locked -p dashstream -p dashstream-ingest -p dashstream-gateway
@@ -88,6 +89,11 @@ AM
     --storage.path="$logdir/alertmanager" --web.listen-address="127.0.0.1:$am_port" \
     --cluster.listen-address="" >"$logdir/alertmanager.log" 2>&1 &
   pids+=("$!")
+  # Redis's own metrics (the dashstream-redis alerts), from the Redis the services use.
+  redis_exporter_port="$(free_port)"
+  /usr/bin/prometheus-redis-exporter -redis.addr "$REDIS_URL" \
+    -web.listen-address "127.0.0.1:$redis_exporter_port" >"$logdir/redis-exporter.log" 2>&1 &
+  pids+=("$!")
   prom_port="$(free_port)"
   {
     printf 'global: {scrape_interval: 15s, evaluation_interval: 15s}\n'
@@ -98,12 +104,15 @@ AM
       "$(printf '"127.0.0.1:%s",' "${ports[@]}" | sed 's/,$//')"
     printf '  - job_name: dashstream-gateway\n    static_configs: [{targets: [%s], labels: {deployment: demo}}]\n' \
       "$(printf '"127.0.0.1:%s",' "${gw_ports[@]}" | sed 's/,$//')"
+    printf '  - job_name: redis\n    static_configs: [{targets: ["127.0.0.1:%s"], labels: {deployment: demo}}]\n' \
+      "$redis_exporter_port"
   } >"$logdir/prometheus.yml"
   /usr/bin/prometheus --config.file="$logdir/prometheus.yml" --storage.tsdb.path="$logdir/prometheus" \
     --web.listen-address="127.0.0.1:$prom_port" >"$logdir/prometheus.log" 2>&1 &
   pids+=("$!")
   monitoring_info="  Prometheus:       http://127.0.0.1:$prom_port/alerts   (targets: /targets; config $logdir/prometheus.yml)
-  Alertmanager:     http://127.0.0.1:$am_port/"
+  Alertmanager:     http://127.0.0.1:$am_port/
+  Redis metrics:    http://127.0.0.1:$redis_exporter_port/metrics   (prometheus-redis-exporter)"
 fi
 
 cat <<INFO
