@@ -9,7 +9,8 @@
 mod common;
 use common::*;
 use dashstream::produce::Fault;
-use dashstream_testkit::{free_port, http_get, parse_metrics, Sample};
+use dashstream_testkit::prometheus::Prometheus;
+use dashstream_testkit::{http_get, parse_metrics, Sample};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -264,71 +265,40 @@ async fn metrics_used_by_alerts_and_dashboard_exist_are_bounded_and_counters_onl
 }
 
 async fn prometheus_scrapes(ingest: &str, gateway: &str) {
-    let dir = std::env::temp_dir().join(unique("prometheus"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = format!(
-        "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nrule_files: [{RULES:?}]\nscrape_configs:\n  - job_name: dashstream-ingest\n    static_configs: [{{targets: [{ingest:?}]}}]\n  - job_name: dashstream-gateway\n    static_configs: [{{targets: [{gateway:?}]}}]\n"
+    let rules = std::fs::read_to_string(RULES).unwrap();
+    let prom = Prometheus::start(
+        &rules,
+        &format!(
+            "  - job_name: dashstream-ingest\n    static_configs: [{{targets: [{ingest:?}]}}]\n  - job_name: dashstream-gateway\n    static_configs: [{{targets: [{gateway:?}]}}]\n"
+        ),
     );
-    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let mut child = std::process::Command::new("/usr/bin/prometheus")
-        .arg(format!(
-            "--config.file={}",
-            dir.join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address={addr}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
-        .spawn()
-        .expect("Debian's prometheus (monitoring/check.sh installs it)");
-    let query = |q: &'static str| {
-        let addr = addr.clone();
-        async move {
-            let (status, body) = http_get(&addr, &format!("/api/v1/query?query={q}"))
-                .await
-                .ok()?;
-            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-            let n = v["data"]["result"].as_array()?.len();
-            (status == 200 && n > 0).then_some(v)
-        }
-    };
     wait_for(
         "Prometheus to have the ingest's series",
         Duration::from_secs(60),
-        || query("dashstream_ingest_events_written_total"),
+        || prom.query("dashstream_ingest_events_written_total"),
     )
     .await;
     wait_for(
         "Prometheus to have the gateway's series",
         Duration::from_secs(60),
-        || query("dashstream_gateway_events_sent_total"),
+        || prom.query("dashstream_gateway_events_sent_total"),
     )
     .await;
     wait_for("both targets up", Duration::from_secs(60), || async {
-        let v = query("sum(up)").await?;
-        (v["data"]["result"][0]["value"][1].as_str()? == "2").then_some(())
+        (prom.value("sum(up)").await? == 2.0).then_some(())
     })
     .await;
-    let (_, rules) = http_get(&addr, "/api/v1/rules").await.unwrap();
-    let v: serde_json::Value = serde_json::from_str(&rules).unwrap();
-    let n: usize = v["data"]["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|g| g["rules"].as_array().unwrap().len())
-        .sum();
-    let in_file = std::fs::read_to_string(RULES)
-        .unwrap()
+    let in_file = rules
         .lines()
         .filter(|l| l.trim_start().starts_with("- alert:"))
         .count();
     assert!(in_file >= 23, "{in_file} rules in the file");
-    assert_eq!(n, in_file, "every alert rule loads in a real Prometheus");
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = std::fs::remove_dir_all(&dir);
+    let loaded = wait_for("the rules loaded", Duration::from_secs(30), || async {
+        prom.rules_loaded().await.filter(|n| *n > 0)
+    })
+    .await;
+    assert_eq!(
+        loaded, in_file,
+        "every alert rule loads in a real Prometheus"
+    );
 }

@@ -3,6 +3,8 @@
 //! deadline, a private `redis-server` a test may stop, pause and restart, and reading
 //! Prometheus text from a `/metrics` endpoint. Not used by the services themselves.
 
+pub mod prometheus;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};

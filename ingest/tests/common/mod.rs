@@ -276,9 +276,16 @@ pub struct IngestProc {
 }
 
 impl IngestProc {
+    /// `INGEST_LISTEN` in `extra` sets the address (a port chosen before the process starts,
+    /// e.g. for a Prometheus configured first); otherwise a free port.
     fn spawn(h: &Harness, name: &str, extra: &[(&str, &str)]) -> Self {
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
+        let addr = extra
+            .iter()
+            .find(|(k, _)| *k == "INGEST_LISTEN")
+            .map_or_else(
+                || format!("127.0.0.1:{}", free_port()),
+                |(_, v)| v.to_string(),
+            );
         let mut env: Vec<(String, String)> = vec![
             ("KAFKA_BROKERS".into(), h.services.kafka_brokers.clone()),
             ("KAFKA_TOPIC".into(), h.topic.clone()),
