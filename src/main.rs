@@ -27,6 +27,42 @@ enum Command {
     Produce(ProduceArgs),
     /// Print events as JSON lines, from Kafka, Redis or a gateway WebSocket.
     Tail(TailArgs),
+    /// Mint a token for a gateway with GATEWAY_AUTH=jwt, from a local key (development and
+    /// tests; production tokens come from your identity provider).
+    Token(TokenArgs),
+}
+
+#[derive(Args, Debug)]
+struct TokenArgs {
+    /// HS256: the file holding the shared secret (the gateway's GATEWAY_JWT_HS256_SECRET_FILE).
+    #[arg(long, conflicts_with = "private_key_file")]
+    secret_file: Option<std::path::PathBuf>,
+    /// RS256 or ES256: a PEM private key (RSA, or EC P-256).
+    #[arg(long)]
+    private_key_file: Option<std::path::PathBuf>,
+    /// Tenants the token grants (comma-separated; `*` for all).
+    #[arg(long, value_delimiter = ',', required = true)]
+    tenants: Vec<String>,
+    /// Event types the token grants (comma-separated; default: no type claim).
+    #[arg(long, value_delimiter = ',')]
+    types: Vec<String>,
+    /// The claim names, as the gateway's GATEWAY_JWT_TENANTS_CLAIM / GATEWAY_JWT_TYPES_CLAIM.
+    #[arg(long, default_value = "tenants")]
+    tenants_claim: String,
+    #[arg(long, default_value = "types")]
+    types_claim: String,
+    /// Seconds until the token expires.
+    #[arg(long, default_value_t = 3600)]
+    ttl_secs: u64,
+    #[arg(long)]
+    audience: Option<String>,
+    #[arg(long)]
+    issuer: Option<String>,
+    #[arg(long, default_value = "dashstream-dev")]
+    subject: String,
+    /// The key id (`kid`) of the header, for a gateway with a JWKS of several keys.
+    #[arg(long)]
+    kid: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -100,6 +136,9 @@ enum TailSource {
         /// Extra query parameters, e.g. "tenant=a&type=token".
         #[arg(long, default_value = "")]
         query: String,
+        /// A token for a gateway with GATEWAY_AUTH=jwt, sent as `Authorization: Bearer`.
+        #[arg(long, env = "DASHSTREAM_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
 }
 
@@ -201,7 +240,58 @@ async fn main() -> anyhow::Result<()> {
         Command::Provision(a) => provision(a).await,
         Command::Produce(a) => produce(a).await,
         Command::Tail(a) => tail(a).await,
+        Command::Token(a) => token(a),
     }
+}
+
+fn token(a: TokenArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let (alg, key) = match (&a.secret_file, &a.private_key_file) {
+        (Some(f), None) => {
+            let secret =
+                std::fs::read(f).with_context(|| format!("--secret-file {}", f.display()))?;
+            let secret = secret.strip_suffix(b"\n").unwrap_or(&secret);
+            (Algorithm::HS256, EncodingKey::from_secret(secret)?)
+        }
+        (None, Some(f)) => {
+            let pem =
+                std::fs::read(f).with_context(|| format!("--private-key-file {}", f.display()))?;
+            match EncodingKey::from_rsa_pem(&pem) {
+                Ok(k) => (Algorithm::RS256, k),
+                Err(_) => (
+                    Algorithm::ES256,
+                    EncodingKey::from_ec_pem(&pem).with_context(|| {
+                        format!(
+                            "--private-key-file {}: not a PEM RSA or EC P-256 private key",
+                            f.display()
+                        )
+                    })?,
+                ),
+            }
+        }
+        _ => anyhow::bail!("give --secret-file (HS256) or --private-key-file (RS256/ES256)"),
+    };
+    let now = jsonwebtoken::get_current_timestamp();
+    let mut claims = serde_json::json!({
+        "sub": a.subject,
+        "iat": now,
+        "exp": now + a.ttl_secs,
+    });
+    claims[&a.tenants_claim] = serde_json::json!(a.tenants);
+    if !a.types.is_empty() {
+        claims[&a.types_claim] = serde_json::json!(a.types);
+    }
+    if let Some(aud) = a.audience {
+        claims["aud"] = aud.into();
+    }
+    if let Some(iss) = a.issuer {
+        claims["iss"] = iss.into();
+    }
+    let mut header = Header::new(alg);
+    header.kid = a.kid;
+    println!("{}", jsonwebtoken::encode(&header, &claims, &key)?);
+    Ok(())
 }
 
 async fn tail(a: TailArgs) -> anyhow::Result<()> {
@@ -261,8 +351,13 @@ async fn tail(a: TailArgs) -> anyhow::Result<()> {
             )
             .await?;
         }
-        TailSource::Ws { url, from, query } => {
-            dashstream::tail::ws(&url, &from, &query, stop, &mut out).await?;
+        TailSource::Ws {
+            url,
+            from,
+            query,
+            token,
+        } => {
+            dashstream::tail::ws(&url, &from, &query, token.as_deref(), stop, &mut out).await?;
         }
     }
     Ok(())

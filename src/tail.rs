@@ -282,11 +282,14 @@ fn ws_url(url: &str, from: &str, query: &str) -> String {
     full
 }
 
-/// Prints each event, and each `gap` frame, as one JSON line.
+/// Prints each event, and each `gap` frame, as one JSON line. `token` goes in an
+/// `Authorization: Bearer` header; a refusal of it (401, 403, or a close 4001 / 4003 because
+/// it expired or does not grant the filter) ends the tail with the gateway's message.
 pub async fn ws(
     url: &str,
     from: &str,
     query: &str,
+    token: Option<&str>,
     stop: Stop,
     out: &mut (dyn FnMut(String) + Send),
 ) -> Result<u64, TailError> {
@@ -295,13 +298,24 @@ pub async fn ws(
     let mut failures = 0;
     while !stop.done(n) {
         let full = ws_url(url, &cursor, query);
-        let mut ws = match tokio_tungstenite::connect_async(&full).await {
+        let mut request =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                full.as_str(),
+            )
+            .map_err(|e| TailError::Ws(format!("{full}: {e}")))?;
+        if let Some(t) = token {
+            let value = format!("Bearer {t}")
+                .parse()
+                .map_err(|_| TailError::Ws("the token is not a valid header value".into()))?;
+            request.headers_mut().insert("authorization", value);
+        }
+        let mut ws = match tokio_tungstenite::connect_async(request).await {
             Ok((ws, _)) => {
                 failures = 0;
                 ws
             }
             Err(tokio_tungstenite::tungstenite::Error::Http(resp))
-                if resp.status().as_u16() == 400 =>
+                if matches!(resp.status().as_u16(), 400 | 401 | 403) =>
             {
                 let body = resp
                     .body()
@@ -327,6 +341,15 @@ pub async fn ws(
             };
             let text = match msg {
                 tokio_tungstenite::tungstenite::Message::Text(t) => t,
+                tokio_tungstenite::tungstenite::Message::Close(Some(f))
+                    if matches!(u16::from(f.code), 4001 | 4003) =>
+                {
+                    return Err(TailError::Ws(format!(
+                        "closed by the gateway ({}): {}",
+                        u16::from(f.code),
+                        f.reason
+                    )));
+                }
                 tokio_tungstenite::tungstenite::Message::Close(_) => break,
                 _ => continue,
             };

@@ -177,11 +177,64 @@ pub struct GatewayArgs {
         default_value_t = 1024 * 1024
     )]
     pub tail_read_bytes: usize,
+    /// `jwt` (a token is required at the upgrade) or `none` (anyone who reaches the port reads
+    /// every tenant). Unset: `none` on a loopback address; elsewhere the gateway refuses to
+    /// start until it is set.
+    #[arg(long = "auth", env = "GATEWAY_AUTH")]
+    pub auth: Option<String>,
+    /// HS256: a file holding the shared secret (at least 32 bytes).
+    #[arg(long = "jwt-hs256-secret-file", env = "GATEWAY_JWT_HS256_SECRET_FILE")]
+    pub jwt_hs256_secret_file: Option<std::path::PathBuf>,
+    /// RS256 / ES256: comma-separated PEM files of public keys.
+    #[arg(
+        long = "jwt-public-key-files",
+        env = "GATEWAY_JWT_PUBLIC_KEY_FILES",
+        default_value = ""
+    )]
+    pub jwt_public_key_files: String,
+    /// A JWKS document (`{"keys":[...]}`) of RS256, ES256 or HS256 keys, matched by `kid`.
+    #[arg(long = "jwt-jwks-file", env = "GATEWAY_JWT_JWKS_FILE")]
+    pub jwt_jwks_file: Option<std::path::PathBuf>,
+    /// The `iss` a token must carry (unset: not checked).
+    #[arg(long = "jwt-issuer", env = "GATEWAY_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// The `aud` a token must carry (unset: not checked).
+    #[arg(long = "jwt-audience", env = "GATEWAY_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Clock leeway for `exp` and `nbf`, in seconds.
+    #[arg(
+        long = "jwt-leeway-secs",
+        env = "GATEWAY_JWT_LEEWAY_SECS",
+        default_value_t = 30
+    )]
+    pub jwt_leeway_secs: u64,
+    /// The claim naming the tenants a token may read (a string or a list; `*`: all).
+    #[arg(
+        long = "jwt-tenants-claim",
+        env = "GATEWAY_JWT_TENANTS_CLAIM",
+        default_value = "tenants"
+    )]
+    pub jwt_tenants_claim: String,
+    /// A claim naming the event types a token may read (unset: no type scope).
+    #[arg(long = "jwt-types-claim", env = "GATEWAY_JWT_TYPES_CLAIM")]
+    pub jwt_types_claim: Option<String>,
+    /// Browser origins allowed to open `/ws` (comma-separated, like `https://dash.example.com`;
+    /// `*` allows any). The gateway's own origin (the viewer it serves) is always allowed; a
+    /// request without `Origin` (not a browser) is not checked.
+    #[arg(
+        long = "allowed-origins",
+        env = "GATEWAY_ALLOWED_ORIGINS",
+        default_value = ""
+    )]
+    pub allowed_origins: String,
 }
 
 /// Validated settings.
 #[derive(Debug, Clone)]
 pub struct GatewaySettings {
+    pub auth: AuthMode,
+    /// Lower-case origins allowed besides the gateway's own (`*`: any).
+    pub allowed_origins: Vec<String>,
     pub redis: RedisSettings,
     pub topic: String,
     pub listen: SocketAddr,
@@ -367,6 +420,7 @@ impl GatewayArgs {
             self.drain_timeout_ms,
             &mut errors,
         );
+        let auth = self.auth_settings(&listen, &mut errors);
         if idle <= ping {
             errors.push(ConfigError::new(
                 "GATEWAY_IDLE_TIMEOUT_MS",
@@ -376,6 +430,13 @@ impl GatewayArgs {
         }
         match (redis, listen) {
             (Some(redis), Ok(listen)) if errors.is_empty() => Ok(GatewaySettings {
+                auth: auth.expect("checked with the other errors"),
+                allowed_origins: self
+                    .allowed_origins
+                    .split(',')
+                    .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+                    .filter(|o| !o.is_empty())
+                    .collect(),
                 redis,
                 topic: self.topic.clone(),
                 listen,
@@ -408,6 +469,78 @@ impl GatewayArgs {
             }),
             _ => Err(errors),
         }
+    }
+}
+
+/// How clients are authenticated (`GATEWAY_AUTH`).
+#[derive(Debug, Clone)]
+pub enum AuthMode {
+    /// No token: every client reads every tenant. `explicit`: `GATEWAY_AUTH=none` was set
+    /// (a warning is logged); otherwise the default of a loopback listener.
+    Off {
+        explicit: bool,
+    },
+    Jwt(crate::auth::JwtSettings),
+}
+
+impl GatewayArgs {
+    fn auth_settings(
+        &self,
+        listen: &Result<SocketAddr, ()>,
+        errors: &mut ConfigErrors,
+    ) -> Option<AuthMode> {
+        let mode = match self.auth.as_deref().map(str::trim) {
+            Some("jwt") => AuthMode::Jwt(crate::auth::JwtSettings {
+                hs256_secret_file: self.jwt_hs256_secret_file.clone(),
+                public_key_files: self
+                    .jwt_public_key_files
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(std::path::PathBuf::from)
+                    .collect(),
+                jwks_file: self.jwt_jwks_file.clone(),
+                issuer: self.jwt_issuer.clone(),
+                audience: self.jwt_audience.clone(),
+                leeway_secs: self.jwt_leeway_secs,
+                tenants_claim: self.jwt_tenants_claim.clone(),
+                types_claim: self.jwt_types_claim.clone(),
+            }),
+            Some("none") => AuthMode::Off { explicit: true },
+            None => match listen {
+                Ok(a) if !a.ip().is_loopback() => {
+                    errors.push(ConfigError::new(
+                        "GATEWAY_AUTH",
+                        "auth",
+                        format!(
+                            "the gateway listens on {a}, not a loopback address, and no authentication is set: \
+                             set GATEWAY_AUTH=jwt (docs/SECURITY.md), or GATEWAY_AUTH=none to let anyone \
+                             who reaches the port read every tenant"
+                        ),
+                    ));
+                    return None;
+                }
+                _ => AuthMode::Off { explicit: false },
+            },
+            Some(other) => {
+                errors.push(ConfigError::new(
+                    "GATEWAY_AUTH",
+                    "auth",
+                    format!("{other:?} is not jwt or none"),
+                ));
+                return None;
+            }
+        };
+        if let AuthMode::Jwt(j) = &mode {
+            if let Err(e) = crate::auth::Authenticator::load(j.clone()) {
+                let flag = e.setting["GATEWAY_".len()..]
+                    .to_ascii_lowercase()
+                    .replace('_', "-");
+                errors.push(ConfigError::new(e.setting, &flag, e.message));
+                return None;
+            }
+        }
+        Some(mode)
     }
 }
 

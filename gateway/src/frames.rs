@@ -216,6 +216,14 @@ pub fn error(f: Format, code: &str, message: &str) -> Wire {
     }
 }
 
+/// The reply to an accepted `auth` frame: the connection may continue until `exp`.
+pub fn authenticated(f: Format, exp: u64) -> Wire {
+    match f {
+        Format::Json => text(json!({"type":"authenticated","exp":exp})),
+        Format::Protobuf => proto_frame(Frame::Authenticated(proto::Authenticated { exp })),
+    }
+}
+
 pub fn pong(f: Format) -> Wire {
     match f {
         Format::Json => Wire::text(r#"{"type":"pong"}"#),

@@ -3,6 +3,7 @@
 //! replica reads every stream with one tail loop ([`reader`]) and fans the decoded events out
 //! to its clients ([`session`], [`ws`]); a client that falls behind reads Redis history.
 
+pub mod auth;
 pub mod config;
 pub mod cursor;
 pub mod event;
@@ -168,8 +169,26 @@ pub async fn run(
         ),
         settings: settings.ws.clone(),
         drain: drain.clone(),
+        auth: match &settings.auth {
+            config::AuthMode::Jwt(j) => Some(Arc::new(
+                auth::Authenticator::load(j.clone()).expect("keys checked at start-up"),
+            )),
+            config::AuthMode::Off { .. } => None,
+        },
+        allowed_origins: settings.allowed_origins.clone(),
     });
     let _ = gateway_cell.set(gateway);
+    match &settings.auth {
+        config::AuthMode::Off { explicit: true } => tracing::warn!(
+            listen = %settings.listen,
+            "GATEWAY_AUTH=none: no authentication; anyone who reaches the port reads every tenant"
+        ),
+        config::AuthMode::Off { explicit: false } => tracing::info!(
+            listen = %settings.listen,
+            "no authentication (a loopback listener); GATEWAY_AUTH=jwt requires tokens"
+        ),
+        config::AuthMode::Jwt(_) => tracing::info!("GATEWAY_AUTH=jwt: a token is required"),
+    }
     tracing::info!(replica = %settings.ws.server_id, topic = %settings.topic, "gateway started");
 
     shutdown.cancelled().await;

@@ -43,6 +43,8 @@ pub struct Metrics {
     pub history_wait: Histogram,
     /// Streams found gone back within their epoch, by reason (see [`ROLLBACK_REASONS`]).
     pub stream_rollbacks: IntCounterVec,
+    /// Tokens refused (at the upgrade or in an `auth` frame), by [`AUTH_FAILURES`] reason.
+    pub auth_failures: IntCounterVec,
 }
 
 /// Why a stream is not the history read so far though its epoch is the same:
@@ -51,7 +53,7 @@ pub struct Metrics {
 /// again from scratch (deleted or evicted while the meta hash stayed).
 pub const ROLLBACK_REASONS: [&str; 2] = ["rolled_back", "stream_lost"];
 
-pub const REJECT_REASONS: [&str; 7] = [
+pub const REJECT_REASONS: [&str; 10] = [
     "global_limit",
     "ip_limit",
     "bad_request",
@@ -59,12 +61,37 @@ pub const REJECT_REASONS: [&str; 7] = [
     "draining",
     "not_websocket",
     "unavailable",
+    "unauthorized",
+    "forbidden",
+    "origin",
+];
+/// Why a token was refused (`crate::auth::AuthError::reason`).
+pub const AUTH_FAILURES: [&str; 9] = [
+    "missing",
+    "malformed",
+    "bad_algorithm",
+    "bad_signature",
+    "expired",
+    "not_yet_valid",
+    "bad_issuer",
+    "bad_audience",
+    "forbidden",
 ];
 /// The frame types a server sends.
-pub const FRAME_TYPES: [&str; 6] = ["welcome", "events", "gap", "reconnect", "error", "pong"];
+pub const FRAME_TYPES: [&str; 7] = [
+    "welcome",
+    "events",
+    "gap",
+    "reconnect",
+    "error",
+    "pong",
+    "authenticated",
+];
 pub const CLIENT_ERRORS: [&str; 4] = ["bad_json", "unknown_type", "binary", "frame_too_large"];
-pub const DISCONNECTS: [&str; 7] = [
+pub const DISCONNECTS: [&str; 9] = [
     "client",
+    "unauthorized",
+    "forbidden",
     "slow",
     "abuse",
     "idle",
@@ -126,6 +153,7 @@ impl Metrics {
                     .buckets(exponential_buckets(0.0001, 2.0, 18)?),
             )?,
             stream_rollbacks: cv("stream_rollbacks_total", "Streams found gone back within their epoch (rolled back, or their key lost while the meta stayed): the partition is reset for clients, by reason (rolled_back, stream_lost)", &["reason"])?,
+            auth_failures: cv("auth_failures_total", "Tokens refused, at the upgrade or in an auth frame, by reason (missing, malformed, bad_algorithm, bad_signature, expired, not_yet_valid, bad_issuer, bad_audience, forbidden)", &["reason"])?,
         };
         registry.register(Box::new(m.connected_clients.clone()))?;
         registry.register(Box::new(m.upgrades.clone()))?;
@@ -153,6 +181,7 @@ impl Metrics {
         registry.register(Box::new(m.untrusted_forwarded.clone()))?;
         registry.register(Box::new(m.history_wait.clone()))?;
         registry.register(Box::new(m.stream_rollbacks.clone()))?;
+        registry.register(Box::new(m.auth_failures.clone()))?;
         m.upgrades.with_label_values(&["accepted", "ok"]);
         for r in REJECT_REASONS {
             m.upgrades.with_label_values(&["rejected", r]);
@@ -177,6 +206,9 @@ impl Metrics {
         }
         for r in ROLLBACK_REASONS {
             m.stream_rollbacks.with_label_values(&[r]);
+        }
+        for r in AUTH_FAILURES {
+            m.auth_failures.with_label_values(&[r]);
         }
         let _ = registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),

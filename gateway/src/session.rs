@@ -75,8 +75,12 @@ pub struct Session {
     pub server: String,
     pub max_frame_bytes: usize,
     pub history_page: usize,
-    /// Cancelled when the replica drains: the client is told where to resume.
+    /// Cancelled when the replica drains, or the connection must end (its token expired): the
+    /// client is told where to resume.
     pub drain: CancellationToken,
+    /// Why the connection ends when `drain` fires for it alone: the close code and the
+    /// `reconnect` frame's reason (unset: the replica drains, 4012 `draining`).
+    pub leave: Arc<std::sync::OnceLock<(u16, &'static str)>>,
     /// What a filter skipped without a frame (see [`Progress`]).
     pub progress: std::sync::Mutex<Progress>,
     /// The fan-out shard whose ring it takes passes from ([`Live::with_shards`]).
@@ -189,9 +193,10 @@ impl Session {
         }
         .await;
         if let Err(Stop::Draining) = result {
-            let bye = frames::reconnect(self.format, &cursor.encode(), "draining");
+            let (code, reason) = self.leave.get().copied().unwrap_or((4012, "draining"));
+            let bye = frames::reconnect(self.format, &cursor.encode(), reason);
             let _ = self.send(vec![Outgoing::control(bye, "reconnect")]).await;
-            self.out.push_close(4012, "draining");
+            self.out.push_close(code, reason);
         }
     }
 

@@ -1357,6 +1357,7 @@ impl Client {
                 history_page: self.spec.history_page,
                 drain,
                 progress: Default::default(),
+                leave: Default::default(),
                 shard: self.rng.random_range(0..4),
             };
             let mut task = tokio::spawn(session.run(start));

@@ -7,6 +7,7 @@
 //! frame to flush, unread input to drain, so the client sees the close instead of a reset),
 //! then the connection ends and is counted once in `disconnects_total`.
 
+use crate::auth::{AuthError, Authenticator, Grant};
 use crate::cursor::{Cursor, EntryId};
 use crate::event::Filter;
 use crate::frames::{self, Format, Outgoing, Wire};
@@ -70,6 +71,10 @@ pub struct Gateway {
     pub outbox: Arc<Outbox>,
     /// Every upgraded connection's task, from before the upgrade completes (drain waits).
     pub tracker: TaskTracker,
+    /// `GATEWAY_AUTH=jwt`: every upgrade needs a token, whose claims scope the stream.
+    pub auth: Option<Arc<Authenticator>>,
+    /// Browser origins allowed besides the gateway's own (lower case; `*`: any).
+    pub allowed_origins: Vec<String>,
 }
 
 enum CursorProblem {
@@ -83,6 +88,8 @@ struct Params {
     start: Start,
     format: Format,
     filter: Filter,
+    /// What the client's token grants (with `GATEWAY_AUTH=jwt`).
+    grant: Option<Grant>,
 }
 
 fn reject(
@@ -115,8 +122,12 @@ fn viewer() -> Response<Full<Bytes>> {
         .expect("valid response")
 }
 
-fn parse_params(query: &str) -> Result<(Option<String>, Format, Filter), (&'static str, String)> {
+/// The query's parameters: `from`, the format, the filter and `access_token`.
+type Query = (Option<String>, Format, Filter, Option<String>);
+
+fn parse_params(query: &str) -> Result<Query, (&'static str, String)> {
     let mut from = None;
+    let mut token = None;
     let mut format = Format::Json;
     let mut filter = Filter::default();
     let mut seen = std::collections::HashSet::new();
@@ -150,11 +161,11 @@ fn parse_params(query: &str) -> Result<(Option<String>, Format, Filter), (&'stat
                 filter.types =
                     Some(Filter::parse_values("type", &v).map_err(|e| ("BAD_FILTER", e))?)
             }
-            "access_token" => {}
+            "access_token" => token = Some(v.into_owned()),
             other => return Err(("BAD_REQUEST", format!("unknown parameter {other:?}"))),
         }
     }
-    Ok((from, format, filter))
+    Ok((from, format, filter, token))
 }
 
 impl Gateway {
@@ -212,12 +223,24 @@ impl Gateway {
                 "a WebSocket (version 13) upgrade is required",
             );
         }
-        let (mut from, format, filter) = match parse_params(req.uri().query().unwrap_or("")) {
-            Ok(p) => p,
-            Err((code, msg)) => {
-                return reject(m, StatusCode::BAD_REQUEST, "bad_request", code, &msg)
+        if let Some(origin) = header("origin") {
+            if !self.origin_allowed(origin, header("host")) {
+                return reject(
+                    m,
+                    StatusCode::FORBIDDEN,
+                    "origin",
+                    "ORIGIN_NOT_ALLOWED",
+                    &format!("origin {origin:?} is not in GATEWAY_ALLOWED_ORIGINS"),
+                );
             }
-        };
+        }
+        let (mut from, format, filter, query_token) =
+            match parse_params(req.uri().query().unwrap_or("")) {
+                Ok(p) => p,
+                Err((code, msg)) => {
+                    return reject(m, StatusCode::BAD_REQUEST, "bad_request", code, &msg)
+                }
+            };
         // A cursor too large for a URL (HTTP libraries cap a URI at 64 KiB: a topic of a few
         // thousand partitions) travels in a header, or, from a browser, as a subprotocol.
         let offered: Vec<&str> = req
@@ -247,26 +270,25 @@ impl Gateway {
             from = Some(c);
         }
         let subprotocol = offered.contains(&SUBPROTOCOL).then_some(SUBPROTOCOL);
-        let start = match from.as_deref() {
-            None | Some("latest") => Start::Latest,
-            Some("earliest") => Start::Earliest,
-            Some(c) => match self.check_cursor(c).await {
-                Ok(c) => Start::Cursor(c),
-                Err(CursorProblem::Bad(msg)) => {
-                    m.resumes.with_label_values(&["bad_cursor"]).inc();
-                    return reject(m, StatusCode::BAD_REQUEST, "bad_cursor", "BAD_CURSOR", &msg);
+        // Authentication, then the scope: the filter the token lets the client have.
+        let (filter, grant) = match &self.auth {
+            None => (filter, None),
+            Some(auth) => {
+                let checked = crate::auth::token_from(
+                    header("authorization"),
+                    &offered,
+                    query_token.as_deref(),
+                )
+                .and_then(|t| t.ok_or(AuthError::Missing))
+                .and_then(|t| auth.verify(t))
+                .and_then(|g| Ok((g.scope(filter)?, g)));
+                match checked {
+                    Ok((f, g)) => (f, Some(g)),
+                    Err(e) => return self.refuse_auth(&e),
                 }
-                Err(CursorProblem::Unavailable(msg)) => {
-                    return reject(
-                        m,
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "unavailable",
-                        "UNAVAILABLE",
-                        &msg,
-                    );
-                }
-            },
+            }
         };
+        // The connection limits before any Redis work (the cursor check).
         let slot = match self.limits.acquire(ip) {
             Ok(s) => s,
             Err(Refusal::Global) => {
@@ -288,11 +310,32 @@ impl Gateway {
                 )
             }
         };
+        let start = match from.as_deref() {
+            None | Some("latest") => Start::Latest,
+            Some("earliest") => Start::Earliest,
+            Some(c) => match self.check_cursor(c).await {
+                Ok(c) => Start::Cursor(c),
+                Err(CursorProblem::Bad(msg)) => {
+                    m.resumes.with_label_values(&["bad_cursor"]).inc();
+                    return reject(m, StatusCode::BAD_REQUEST, "bad_cursor", "BAD_CURSOR", &msg);
+                }
+                Err(CursorProblem::Unavailable(msg)) => {
+                    return reject(
+                        m,
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "unavailable",
+                        "UNAVAILABLE",
+                        &msg,
+                    );
+                }
+            },
+        };
         let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
         let params = Params {
             start,
             format,
             filter,
+            grant,
         };
         let gw = self.clone();
         self.tracker.spawn(async move {
@@ -329,6 +372,40 @@ impl Gateway {
             resp = resp.header("sec-websocket-protocol", p);
         }
         resp.body(Full::new(Bytes::new())).expect("valid response")
+    }
+
+    /// A browser's `Origin` must be the gateway's own (`Host`, the viewer it serves) or one of
+    /// `GATEWAY_ALLOWED_ORIGINS`.
+    fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
+        let origin = origin.trim().trim_end_matches('/').to_ascii_lowercase();
+        let own = host.is_some_and(|h| {
+            let h = h.to_ascii_lowercase();
+            origin == format!("http://{h}") || origin == format!("https://{h}")
+        });
+        own || self
+            .allowed_origins
+            .iter()
+            .any(|a| a == "*" || *a == origin)
+    }
+
+    /// The refusal of a missing or bad token (401) or of a scope it does not grant (403),
+    /// counted by reason.
+    fn refuse_auth(&self, e: &AuthError) -> Response<Full<Bytes>> {
+        let m = &self.metrics;
+        m.auth_failures.with_label_values(&[e.reason()]).inc();
+        let (status, reason, code) = if e.forbidden() {
+            (StatusCode::FORBIDDEN, "forbidden", "FORBIDDEN")
+        } else {
+            (StatusCode::UNAUTHORIZED, "unauthorized", "UNAUTHORIZED")
+        };
+        let mut resp = reject(m, status, reason, code, &e.message());
+        if !e.forbidden() {
+            resp.headers_mut().insert(
+                "www-authenticate",
+                hyper::header::HeaderValue::from_static("Bearer realm=\"dashstream\""),
+            );
+        }
+        resp
     }
 
     /// A cursor must parse and may only name partitions that have a stream, at positions not
@@ -389,7 +466,21 @@ impl Gateway {
             settings.send_queue,
             settings.send_queue_bytes.max(1024),
         );
+        // This connection's own stop: the replica's drain, or its token's end.
+        let stop = self.drain.child_token();
+        let leave: Arc<std::sync::OnceLock<(u16, &'static str)>> = Default::default();
+        let auth = match (&self.auth, params.grant) {
+            (Some(a), Some(g)) => Some(ConnAuth {
+                auth: a.clone(),
+                exp: g.exp,
+                filter: params.filter.clone(),
+                stop: stop.clone(),
+                leave: leave.clone(),
+            }),
+            _ => None,
+        };
         let session = Session {
+            leave,
             format: params.format,
             filter: params.filter,
             live: self.live.clone(),
@@ -399,13 +490,13 @@ impl Gateway {
             server: settings.server_id.clone(),
             max_frame_bytes: settings.max_frame_bytes.max(1024),
             history_page: settings.history_page.max(1),
-            drain: self.drain.clone(),
+            drain: stop,
             progress: Default::default(),
             shard: self.live.next_shard(),
         };
         // One task: the writer, the reader and the session are futures polled together.
         let writer = write_loop(wr, &out, m, settings);
-        let reader = read_loop(ws, &out, m, settings, params.format);
+        let reader = read_loop(ws, &out, m, settings, params.format, auth);
         let feeder = session.run(params.start);
         tokio::pin!(writer, reader, feeder);
         // The writer ends the connection (after a close frame, an error, a send timeout, or a
@@ -642,6 +733,8 @@ where
         if let Some((code, reason)) = close {
             let label = match code {
                 4012 => "draining",
+                4001 => "unauthorized",
+                4003 => "forbidden",
                 1000 => "client",
                 _ if reason == "idle" => "idle",
                 _ => "abuse",
@@ -672,12 +765,52 @@ async fn drain_input<R: AsyncRead + Unpin>(ws: &mut WebSocketStream<ReadOnly<R>>
     .await;
 }
 
+/// A connection's authentication: its token's `exp`, renewed by `auth` frames whose token
+/// covers the connection's filter. At `exp` the connection is ended (4001, with a cursor);
+/// a renewal that no longer covers the filter ends it too (4003).
+struct ConnAuth {
+    auth: Arc<Authenticator>,
+    exp: u64,
+    filter: Filter,
+    stop: CancellationToken,
+    leave: Arc<std::sync::OnceLock<(u16, &'static str)>>,
+}
+
+impl ConnAuth {
+    /// Ends the connection through its session (a `reconnect` frame, then `code`).
+    fn end(&self, code: u16, reason: &'static str) {
+        let _ = self.leave.set((code, reason));
+        self.stop.cancel();
+    }
+
+    /// When the token expires, as a tokio instant (`None` once the connection is ending).
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        if self.stop.is_cancelled() {
+            return None;
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let left = (self.exp * 1000).saturating_sub(now_ms);
+        Some(tokio::time::Instant::now() + Duration::from_millis(left))
+    }
+}
+
+/// Sleeps until `at`, or forever.
+async fn until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn read_loop<R>(
     mut stream: WebSocketStream<ReadOnly<R>>,
     out: &OutQueue,
     m: &Metrics,
     settings: &WsSettings,
     format: Format,
+    mut auth: Option<ConnAuth>,
 ) -> Ended
 where
     R: AsyncRead + Unpin,
@@ -687,12 +820,22 @@ where
         out.try_push(Outbound::Frame(Outgoing::control(wire, kind)));
     };
     loop {
-        let next = match tokio::time::timeout(settings.idle_timeout, stream.next()).await {
-            Err(_) => {
-                out.push_close(4008, "idle");
-                return Ended::new("idle", true);
+        let expires = until(auth.as_ref().and_then(ConnAuth::deadline));
+        let next = tokio::select! {
+            n = tokio::time::timeout(settings.idle_timeout, stream.next()) => match n {
+                Err(_) => {
+                    out.push_close(4008, "idle");
+                    return Ended::new("idle", true);
+                }
+                Ok(n) => n,
+            },
+            () = expires => {
+                m.auth_failures.with_label_values(&["expired"]).inc();
+                if let Some(a) = &auth {
+                    a.end(4001, "token_expired");
+                }
+                continue;
             }
-            Ok(n) => n,
         };
         let bad = |kind: &'static str, code: &str, msg: &str| {
             m.client_errors.with_label_values(&[kind]).inc();
@@ -718,6 +861,41 @@ where
                 match serde_json::from_str::<serde_json::Value>(t.as_str()) {
                     Ok(v) if v.get("type").and_then(|t| t.as_str()) == Some("ping") => {
                         reply(frames::pong(format), "pong")
+                    }
+                    Ok(v) if v.get("type").and_then(|t| t.as_str()) == Some("auth") => {
+                        let token = v.get("token").and_then(|t| t.as_str());
+                        match (&mut auth, token) {
+                            (None, _) => reply(
+                                frames::error(
+                                    format,
+                                    "BAD_REQUEST",
+                                    "this gateway does not authenticate (GATEWAY_AUTH is not jwt)",
+                                ),
+                                "error",
+                            ),
+                            (Some(_), None) => {
+                                bad("unknown_type", "BAD_REQUEST", "auth needs a token");
+                                strikes += 1;
+                            }
+                            (Some(a), Some(t)) => match a.auth.verify(t) {
+                                Ok(g) if g.covers(&a.filter) => {
+                                    a.exp = g.exp;
+                                    reply(frames::authenticated(format, g.exp), "authenticated");
+                                }
+                                Ok(_) => {
+                                    m.auth_failures.with_label_values(&["forbidden"]).inc();
+                                    a.end(4003, "forbidden");
+                                }
+                                Err(e) => {
+                                    m.auth_failures.with_label_values(&[e.reason()]).inc();
+                                    reply(
+                                        frames::error(format, "UNAUTHORIZED", &e.message()),
+                                        "error",
+                                    );
+                                    strikes += 1;
+                                }
+                            },
+                        }
                     }
                     Ok(_) => {
                         bad(
@@ -796,9 +974,10 @@ mod tests {
             let (rd, wr) = tokio::io::split(a);
             let ws = WebSocketStream::from_raw_socket(ReadOnly(rd), Role::Server, None).await;
             let w = write_loop(wr, &q, &m, &settings);
-            let r = read_loop(ws, &q, &m, &settings, Format::Json);
+            let r = read_loop(ws, &q, &m, &settings, Format::Json, None);
             let live = Live::new(16, 1 << 18);
             let session = Session {
+                leave: Default::default(),
                 format: Format::Json,
                 filter: Filter::default(),
                 live: live.clone(),

@@ -21,7 +21,7 @@ async fn tail_ws_prints_every_event_once() {
             count: Some(want.len() as u64),
             idle: Some(Duration::from_secs(30)),
         };
-        let n = dashstream::tail::ws(&url, "earliest", "", stop, &mut |l| lines.push(l))
+        let n = dashstream::tail::ws(&url, "earliest", "", None, stop, &mut |l| lines.push(l))
             .await
             .unwrap();
         assert_eq!(n as usize, want.len());

@@ -214,6 +214,9 @@ pub enum Frame {
         code: String,
     },
     Pong,
+    Authenticated {
+        exp: u64,
+    },
     Close(u16),
 }
 
@@ -356,6 +359,9 @@ fn parse_json(t: &str) -> Frame {
         },
         Some("error") => Frame::Error { code: s("code") },
         Some("pong") => Frame::Pong,
+        Some("authenticated") => Frame::Authenticated {
+            exp: v["exp"].as_u64().expect("exp"),
+        },
         other => panic!("unknown frame type {other:?}: {t}"),
     }
 }
@@ -403,6 +409,7 @@ fn parse_proto(b: &[u8]) -> Frame {
         },
         PFrame::Error(e) => Frame::Error { code: e.code },
         PFrame::Pong(_) => Frame::Pong,
+        PFrame::Authenticated(a) => Frame::Authenticated { exp: a.exp },
     }
 }
 
