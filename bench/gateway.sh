@@ -113,7 +113,7 @@ start_server() { # kind -> srv_pid, srv_port
   srv_port="$(free_port)"
   case "$1" in
   gateway)
-    GATEWAY_LISTEN="127.0.0.1:$srv_port" GATEWAY_MAX_CONNECTIONS=30000 GATEWAY_MAX_CONNECTIONS_PER_IP=30000 \
+    GATEWAY_LISTEN="127.0.0.1:$srv_port" GATEWAY_MAX_CONNECTIONS=30000 GATEWAY_MAX_CONNECTIONS_PER_IP=30000 GATEWAY_MAX_PENDING_PER_IP=30000 GATEWAY_UPGRADE_RATE_PER_IP=0 \
       "$GATEWAY_BIN" 2>>"$logs/gateway.log" &
     srv_pid=$!
     WAIT_FOR_ABORT="kill -0 $srv_pid" wait_for "gateway ready" 60 curl -sf "http://127.0.0.1:$srv_port/readyz" -o /dev/null

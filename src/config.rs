@@ -135,3 +135,19 @@ pub fn positive_ms(
     }
     std::time::Duration::from_millis(value)
 }
+
+/// Reads a secret from a file (a mounted Kubernetes secret, a Docker secret): its text without
+/// one trailing newline. The error names the file, never its content.
+pub fn read_secret(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = text
+        .strip_suffix("\r\n")
+        .or_else(|| text.strip_suffix('\n'))
+        .unwrap_or(&text)
+        .to_string();
+    if text.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(text)
+}

@@ -1,7 +1,9 @@
 //! The operations HTTP server every service runs: `/metrics` (the gathered prometheus
 //! `Registry`, never hand-formatted text), `/healthz` (the process runs) and `/readyz` (200, or
-//! 503 with a JSON body listing what is not ready). Connections are limited in number, requests
-//! in header size and time; no endpoint reads a body.
+//! 503 with a JSON body listing what is not ready). Connections are limited in number, and per
+//! client address before they are upgraded (a slowloris from one address cannot take the
+//! pool); accept never waits for room, it closes the new connection at once. Request heads are
+//! limited in size and must arrive within 3 s; no endpoint reads a body.
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -17,10 +19,13 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-/// Most concurrent connections to the operations endpoints.
+/// Most concurrent connections not upgraded (requests being read or answered).
 const MAX_CONNECTIONS: usize = 256;
+/// Most of them from one client address (an IPv6 /64), unless the peer is exempt (a trusted
+/// load balancer, whose connections carry many clients).
+pub const MAX_CONNECTIONS_PER_IP: usize = 16;
 /// A connection must send its request headers within this time.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const HEADER_TIMEOUT: Duration = Duration::from_secs(3);
 /// Largest request head: a resume cursor naming 4,096 partitions (the gateway's limit) fits.
 /// Heads above it get hyper's own `431` with an empty body.
 const MAX_HEAD_BYTES: usize = 256 * 1024;
@@ -48,16 +53,89 @@ pub struct OpsState {
     pub before_gather: Option<Arc<dyn Fn() + Send + Sync>>,
     /// Other paths; 404 when absent.
     pub fallback: Option<Fallback>,
+    /// Whether this listener serves `/metrics`, `/healthz` and `/readyz` (a gateway with
+    /// `GATEWAY_OPS_LISTEN` serves them on their own listener only).
+    pub serve_ops: bool,
+    /// Peers not limited per address (a trusted proxy); `None`: every peer is.
+    pub exempt: Option<Arc<dyn Fn(std::net::IpAddr) -> bool + Send + Sync>>,
+    /// Connections not yet upgraded one client address may hold ([`MAX_CONNECTIONS_PER_IP`]).
+    pub max_pending_per_ip: usize,
+}
+
+/// The key a client is counted under: its address, or its /64 for IPv6 (the block one host
+/// usually holds); an IPv4-mapped address as IPv4.
+pub fn client_key(ip: std::net::IpAddr) -> std::net::IpAddr {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// Connections per client key, before their upgrade.
+struct PerIp(
+    usize,
+    std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+);
+
+/// One connection's place in [`PerIp`]; released on drop.
+struct IpGuard(Arc<PerIp>, std::net::IpAddr);
+
+impl PerIp {
+    fn enter(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<IpGuard> {
+        let key = client_key(ip);
+        let mut m = self
+            .1
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = m.entry(key).or_insert(0);
+        if *n >= self.0 {
+            return None;
+        }
+        *n += 1;
+        Some(IpGuard(self.clone(), key))
+    }
+}
+
+impl Drop for IpGuard {
+    fn drop(&mut self) {
+        let mut m = (self.0)
+            .1
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = m.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.1);
+            }
+        }
+    }
 }
 
 /// Serves until `shutdown` is cancelled.
 pub async fn serve(listener: TcpListener, state: Arc<OpsState>, shutdown: CancellationToken) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let per_ip = Arc::new(PerIp(state.max_pending_per_ip.max(1), Default::default()));
+    let refused = prometheus::IntCounterVec::new(
+        prometheus::Opts::new(
+            "dashstream_http_connections_refused_total",
+            "Connections closed at accept, by reason: ip_limit (the client address holds its limit of connections not yet upgraded, 16 by default), full (256 such connections in all)",
+        ),
+        &["reason"],
+    )
+    .expect("valid metric");
+    for r in ["ip_limit", "full"] {
+        refused.with_label_values(&[r]);
+    }
+    // Registered once per registry (a gateway's two listeners share it).
+    let _ = state.registry.register(Box::new(refused.clone()));
     loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
-        };
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = listener.accept() => match r {
@@ -69,6 +147,26 @@ pub async fn serve(listener: TcpListener, state: Arc<OpsState>, shutdown: Cancel
                 }
             },
         };
+        // Never wait for room: a full pool or a client over its share is closed at once, so the
+        // kernel's backlog keeps moving for everyone else.
+        let exempt = state.exempt.as_ref().is_some_and(|f| f(peer.ip()));
+        let guard = if exempt {
+            None
+        } else {
+            match per_ip.enter(peer.ip()) {
+                Some(g) => Some(g),
+                None => {
+                    refused.with_label_values(&["ip_limit"]).inc();
+                    drop(stream);
+                    continue;
+                }
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            refused.with_label_values(&["full"]).inc();
+            drop(stream);
+            continue;
+        };
         // Small frames go out at once: without this, Nagle's algorithm holds a frame written
         // right after another until the first is acknowledged (~tens of ms on a live feed).
         if let Err(e) = stream.set_nodelay(true) {
@@ -76,7 +174,10 @@ pub async fn serve(listener: TcpListener, state: Arc<OpsState>, shutdown: Cancel
         }
         let state = state.clone();
         tokio::spawn(async move {
+            // Both are released when the connection is upgraded (hyper hands it off and this
+            // future ends) or closed.
             let _permit = permit;
+            let _guard = guard;
             let svc = hyper::service::service_fn(move |req| {
                 let state = state.clone();
                 async move { Ok::<_, std::convert::Infallible>(route(&state, req, peer).await) }
@@ -101,6 +202,10 @@ async fn route(
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
     }
     match req.uri().path() {
+        "/metrics" | "/healthz" | "/readyz" if !state.serve_ops => match &state.fallback {
+            Some(f) => f(req, peer).await,
+            None => text(StatusCode::NOT_FOUND, "not found\n"),
+        },
         "/metrics" => {
             if let Some(f) = &state.before_gather {
                 f();

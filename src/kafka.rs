@@ -19,6 +19,8 @@ pub const ENV_SSL_CA_LOCATION: &str = "KAFKA_SSL_CA_LOCATION";
 pub const ENV_SSL_CERTIFICATE_LOCATION: &str = "KAFKA_SSL_CERTIFICATE_LOCATION";
 pub const ENV_SSL_KEY_LOCATION: &str = "KAFKA_SSL_KEY_LOCATION";
 pub const ENV_SSL_KEY_PASSWORD: &str = "KAFKA_SSL_KEY_PASSWORD";
+pub const ENV_SASL_PASSWORD_FILE: &str = "KAFKA_SASL_PASSWORD_FILE";
+pub const ENV_SSL_KEY_PASSWORD_FILE: &str = "KAFKA_SSL_KEY_PASSWORD_FILE";
 
 /// Connection flags shared by every Kafka command and service.
 #[derive(Args, Debug, Clone, Default)]
@@ -36,6 +38,9 @@ pub struct KafkaArgs {
     pub sasl_username: Option<String>,
     #[arg(long = "kafka-sasl-password", env = ENV_SASL_PASSWORD, hide_env_values = true)]
     pub sasl_password: Option<String>,
+    /// The SASL password from a file (a mounted secret), instead of KAFKA_SASL_PASSWORD.
+    #[arg(long = "kafka-sasl-password-file", env = ENV_SASL_PASSWORD_FILE)]
+    pub sasl_password_file: Option<PathBuf>,
     /// CA bundle (PEM) to verify the brokers (with an ssl protocol).
     #[arg(long = "kafka-ssl-ca-location", env = ENV_SSL_CA_LOCATION)]
     pub ssl_ca_location: Option<PathBuf>,
@@ -47,6 +52,9 @@ pub struct KafkaArgs {
     pub ssl_key_location: Option<PathBuf>,
     #[arg(long = "kafka-ssl-key-password", env = ENV_SSL_KEY_PASSWORD, hide_env_values = true)]
     pub ssl_key_password: Option<String>,
+    /// The key's password from a file, instead of KAFKA_SSL_KEY_PASSWORD.
+    #[arg(long = "kafka-ssl-key-password-file", env = ENV_SSL_KEY_PASSWORD_FILE)]
+    pub ssl_key_password_file: Option<PathBuf>,
 }
 
 /// The topic flags shared by every command and service.
@@ -169,6 +177,52 @@ impl std::fmt::Debug for KafkaConnection {
 impl KafkaArgs {
     /// Checks every setting and reports all problems at once.
     pub fn validate(&self) -> Result<KafkaConnection, ConfigErrors> {
+        let mut errors = ConfigErrors::default();
+        // Secrets from files: each read once here, never logged.
+        let mut this = self.clone();
+        for (value, file, env, flag, env_file, flag_file) in [
+            (
+                &mut this.sasl_password,
+                &self.sasl_password_file,
+                ENV_SASL_PASSWORD,
+                "kafka-sasl-password",
+                ENV_SASL_PASSWORD_FILE,
+                "kafka-sasl-password-file",
+            ),
+            (
+                &mut this.ssl_key_password,
+                &self.ssl_key_password_file,
+                ENV_SSL_KEY_PASSWORD,
+                "kafka-ssl-key-password",
+                ENV_SSL_KEY_PASSWORD_FILE,
+                "kafka-ssl-key-password-file",
+            ),
+        ] {
+            let Some(f) = file else { continue };
+            if value.is_some() {
+                errors.push(ConfigError::new(
+                    env_file,
+                    flag_file,
+                    format!("give {env} (--{flag}) or this, not both"),
+                ));
+                continue;
+            }
+            match crate::config::read_secret(f) {
+                Ok(p) => *value = Some(p),
+                Err(e) => errors.push(ConfigError::new(env_file, flag_file, e)),
+            }
+        }
+        let result = this.validate_values();
+        if errors.is_empty() {
+            return result;
+        }
+        if let Err(e) = result {
+            errors.extend(e);
+        }
+        Err(errors)
+    }
+
+    fn validate_values(&self) -> Result<KafkaConnection, ConfigErrors> {
         let mut errors = ConfigErrors::default();
         let brokers = self.brokers.clone().unwrap_or_default();
         if brokers.trim().is_empty() {
@@ -377,6 +431,33 @@ mod tests {
         assert_eq!(settings(e), vec!["KAFKA_BROKERS (--kafka-brokers)"]);
         assert!(args(Some("localhost")).validate().is_err());
         assert!(args(Some("a:1,b:2")).validate().is_ok());
+    }
+
+    #[test]
+    fn the_sasl_password_comes_from_a_file_once() {
+        let f = std::env::temp_dir().join(format!("kafka-secret-{}", std::process::id()));
+        std::fs::write(&f, "s3cret\n").unwrap();
+        let mut a = args(Some("a:1"));
+        a.security_protocol = "sasl_plaintext".into();
+        a.sasl_mechanism = Some("SCRAM-SHA-512".into());
+        a.sasl_username = Some("ingest".into());
+        a.sasl_password_file = Some(f.clone());
+        let conn = a.validate().expect("password from the file");
+        assert!(
+            !format!("{conn:?}").contains("s3cret"),
+            "never in Debug output"
+        );
+        a.sasl_password = Some("other".into());
+        let s = settings(a.validate().unwrap_err());
+        assert_eq!(
+            s,
+            vec!["KAFKA_SASL_PASSWORD_FILE (--kafka-sasl-password-file)"]
+        );
+        a.sasl_password = None;
+        a.sasl_password_file = Some(f.with_extension("missing"));
+        let e = a.validate().unwrap_err();
+        assert!(e.to_string().contains("KAFKA_SASL_PASSWORD_FILE"), "{e}");
+        let _ = std::fs::remove_file(f);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::time::Duration;
 pub const ENV_REDIS_URL: &str = "REDIS_URL";
 pub const ENV_REDIS_KEY_PREFIX: &str = "REDIS_KEY_PREFIX";
 pub const ENV_REDIS_TIMEOUT_MS: &str = "REDIS_COMMAND_TIMEOUT_MS";
+pub const ENV_REDIS_PASSWORD_FILE: &str = "REDIS_PASSWORD_FILE";
 
 #[derive(Args, Debug, Clone)]
 pub struct RedisArgs {
@@ -16,9 +17,25 @@ pub struct RedisArgs {
     /// Prefix of every key this deployment writes (`<prefix>:<topic>:<partition>`).
     #[arg(long = "redis-key-prefix", env = ENV_REDIS_KEY_PREFIX, default_value = "dashstream")]
     pub key_prefix: String,
+    /// A file holding the Redis password (AUTH), instead of one in the URL: a mounted secret,
+    /// read at start (a trailing newline removed), never logged.
+    #[arg(long = "redis-password-file", env = ENV_REDIS_PASSWORD_FILE)]
+    pub password_file: Option<std::path::PathBuf>,
     /// Deadline of one Redis command, in milliseconds.
     #[arg(long = "redis-command-timeout-ms", env = ENV_REDIS_TIMEOUT_MS, default_value_t = 5000)]
     pub command_timeout_ms: u64,
+}
+
+/// `url` with any password replaced by `***`, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            let user = creds.split_once(':').map_or("", |(u, _)| u);
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
 }
 
 /// Validated Redis settings.
@@ -32,13 +49,45 @@ pub struct RedisSettings {
 impl RedisArgs {
     pub fn validate(&self) -> Result<RedisSettings, ConfigErrors> {
         let mut errors = ConfigErrors::default();
-        let client = match redis::Client::open(self.url.as_str()) {
-            Ok(c) => Some(c),
+        use redis::IntoConnectionInfo;
+        let password = match &self.password_file {
+            None => None,
+            Some(f) => match crate::config::read_secret(f) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    errors.push(ConfigError::new(
+                        ENV_REDIS_PASSWORD_FILE,
+                        "redis-password-file",
+                        e,
+                    ));
+                    None
+                }
+            },
+        };
+        let client = match self.url.as_str().into_connection_info() {
+            Ok(info) => {
+                if password.is_some() && info.redis_settings().password().is_some() {
+                    errors.push(ConfigError::new(
+                        ENV_REDIS_PASSWORD_FILE,
+                        "redis-password-file",
+                        "the URL has a password too: give it once",
+                    ));
+                }
+                let info = match password {
+                    Some(p) => {
+                        let r = info.redis_settings().clone().set_password(p);
+                        info.set_redis_settings(r)
+                    }
+                    None => info,
+                };
+                redis::Client::open(info).ok()
+            }
             Err(e) => {
+                // The URL may hold a password: it is not repeated here.
                 errors.push(ConfigError::new(
                     ENV_REDIS_URL,
                     "redis-url",
-                    format!("{:?} is not a Redis URL: {e}", self.url),
+                    format!("{:?} is not a Redis URL: {e}", redact_url(&self.url)),
                 ));
                 None
             }
@@ -85,5 +134,36 @@ impl RedisSettings {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
         redis::aio::ConnectionManager::new_with_config(self.client.clone(), cfg).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_file_fills_the_url_and_no_message_shows_a_password() {
+        assert_eq!(redact_url("redis://u:pw@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(redact_url("redis://:pw@h:1"), "redis://:***@h:1");
+        assert_eq!(redact_url("redis://h:1"), "redis://h:1");
+        let f = std::env::temp_dir().join(format!("redis-secret-{}", std::process::id()));
+        std::fs::write(&f, "pw-from-file\n").unwrap();
+        let a = RedisArgs {
+            url: "redis://gateway@127.0.0.1:6379".into(),
+            key_prefix: "p".into(),
+            password_file: Some(f.clone()),
+            command_timeout_ms: 1000,
+        };
+        let s = a.validate().expect("valid");
+        let info = s.client.get_connection_info();
+        assert_eq!(info.redis_settings().password(), Some("pw-from-file"));
+        let both = RedisArgs {
+            url: "redis://gateway:pw@127.0.0.1:6379".into(),
+            ..a
+        };
+        let e = both.validate().unwrap_err();
+        assert!(e.to_string().contains("REDIS_PASSWORD_FILE"), "{e}");
+        assert!(!e.to_string().contains("pw-from-file"));
+        let _ = std::fs::remove_file(f);
     }
 }

@@ -198,3 +198,40 @@ fn produce_names_its_threads_with_a_prefix_new_per_run() {
         "{threads:?}"
     );
 }
+
+#[test]
+fn token_mints_a_jwt_the_gateway_settings_accept() {
+    let dir = std::env::temp_dir().join(unique("cli-token"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let (code, out, err) = dashstream(
+        &[
+            "token",
+            "--secret-file",
+            secret.to_str().unwrap(),
+            "--tenants",
+            "acme,globex",
+            "--audience",
+            "dashstream",
+            "--ttl-secs",
+            "120",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    v.set_audience(&["dashstream"]);
+    let key = jsonwebtoken::DecodingKey::from_secret(b"0123456789abcdef0123456789abcdef").unwrap();
+    let claims = jsonwebtoken::decode::<serde_json::Value>(out.trim(), &key, &v)
+        .expect("a valid HS256 token, secret without its newline")
+        .claims;
+    assert_eq!(claims["tenants"], serde_json::json!(["acme", "globex"]));
+    let exp = claims["exp"].as_u64().unwrap();
+    assert!(exp > jsonwebtoken::get_current_timestamp() + 60);
+    // Neither key given: a clear error, not a token.
+    let (code, _, err) = dashstream(&["token", "--tenants", "a"], &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--secret-file"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}

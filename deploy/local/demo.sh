@@ -62,11 +62,18 @@ for i in 1 2; do
     "$BIN/ingest" >"$logdir/ingest-$i.log" 2>&1 &
   pids+=("$!")
 done
+# The gateways require a token (GATEWAY_AUTH=jwt), signed with a secret made for this demo;
+# `dashstream token` mints one for every tenant, which the viewer URL below carries.
+secret="$logdir/jwt-secret"
+[[ -s "$secret" ]] || (umask 077 && head -c 48 /dev/urandom | base64 | tr -d '\n' >"$secret")
+token="$("$BIN/dashstream" token --secret-file "$secret" --tenants '*' --audience dashstream-demo --ttl-secs 86400)"
+printf '%s\n' "$token" >"$logdir/token"
 gw_ports=()
 for i in 1 2 3; do
   port="$(free_port)"
   gw_ports+=("$port")
   GATEWAY_LISTEN="127.0.0.1:$port" GATEWAY_REPLICA_ID="gateway-$i" GATEWAY_TRUSTED_PROXIES=127.0.0.1 \
+    GATEWAY_AUTH=jwt GATEWAY_JWT_HS256_SECRET_FILE="$secret" GATEWAY_JWT_AUDIENCE=dashstream-demo \
     "$BIN/gateway" >"$logdir/gateway-$i.log" 2>&1 &
   pids+=("$!")
 done
@@ -122,8 +129,12 @@ DashStream demo is running (topic $TOPIC, $PARTITIONS partitions, $RATE events/s
   Redis:            $REDIS_URL   (streams dashstream:$TOPIC:<partition>)
   ingest metrics:   http://127.0.0.1:${ports[0]}/metrics   http://127.0.0.1:${ports[1]}/metrics
   ingest readiness: http://127.0.0.1:${ports[0]}/readyz    http://127.0.0.1:${ports[1]}/readyz
-  live viewer:      http://127.0.0.1:$lb_port/            (through the load balancer)
+  live viewer:      http://127.0.0.1:$lb_port/#token=$token
+                    (through the load balancer; the token, valid 24 h, grants every tenant)
   WebSocket:        ws://127.0.0.1:$lb_port/ws?from=latest   (format=protobuf, tenant=, thread=, type= filters)
+                    with the header "Authorization: Bearer <token>", e.g.
+                    $BIN/dashstream tail ws --url ws://127.0.0.1:$lb_port/ws --token "\$(cat $logdir/token)"
+  a token for one tenant: $BIN/dashstream token --secret-file $secret --audience dashstream-demo --tenants tenant-0
   gateway metrics:  $(for p in "${gw_ports[@]}"; do printf 'http://127.0.0.1:%s/metrics  ' "$p"; done)
   watch a stream:   redis-cli -u $REDIS_URL XREVRANGE dashstream:$TOPIC:0 + - COUNT 3
 $monitoring_info

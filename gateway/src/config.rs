@@ -29,6 +29,10 @@ pub struct GatewayArgs {
         default_value = "127.0.0.1:8080"
     )]
     pub listen: String,
+    /// Address of /metrics, /healthz and /readyz on their own listener; `GATEWAY_LISTEN` then
+    /// serves only /ws and the viewer (unset: all on `GATEWAY_LISTEN`).
+    #[arg(long = "ops-listen", env = "GATEWAY_OPS_LISTEN")]
+    pub ops_listen: Option<String>,
     /// Name of this replica in `welcome` frames (default: hostname-pid).
     #[arg(long = "replica-id", env = "GATEWAY_REPLICA_ID")]
     pub replica_id: Option<String>,
@@ -44,6 +48,28 @@ pub struct GatewayArgs {
         default_value_t = 100
     )]
     pub max_connections_per_ip: usize,
+    /// Connections not yet upgraded (request heads being read) one client address may hold;
+    /// more are closed at accept. A trusted proxy (GATEWAY_TRUSTED_PROXIES) is not limited.
+    #[arg(
+        long = "max-pending-per-ip",
+        env = "GATEWAY_MAX_PENDING_PER_IP",
+        default_value_t = dashstream::http::MAX_CONNECTIONS_PER_IP
+    )]
+    pub max_pending_per_ip: usize,
+    /// Upgrades per second one client (an address, an IPv6 /64) may make, refilling a bucket of
+    /// `GATEWAY_UPGRADE_BURST_PER_IP`; 0: unlimited. Checked before any token or Redis work.
+    #[arg(
+        long = "upgrade-rate-per-ip",
+        env = "GATEWAY_UPGRADE_RATE_PER_IP",
+        default_value_t = 20.0
+    )]
+    pub upgrade_rate_per_ip: f64,
+    #[arg(
+        long = "upgrade-burst-per-ip",
+        env = "GATEWAY_UPGRADE_BURST_PER_IP",
+        default_value_t = 100.0
+    )]
+    pub upgrade_burst_per_ip: f64,
     /// Proxies whose X-Forwarded-For is believed: comma-separated addresses or CIDR ranges.
     #[arg(
         long = "trusted-proxies",
@@ -238,8 +264,12 @@ pub struct GatewaySettings {
     pub redis: RedisSettings,
     pub topic: String,
     pub listen: SocketAddr,
+    pub ops_listen: Option<SocketAddr>,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    pub max_pending_per_ip: usize,
+    /// Upgrades per second and burst per client (0: unlimited).
+    pub upgrade_rate: (f64, f64),
     pub trusted_proxies: Vec<IpNet>,
     pub live_buffer: usize,
     pub live_buffer_bytes: usize,
@@ -275,6 +305,20 @@ impl GatewayArgs {
                 format!("{:?} is not an address like 127.0.0.1:8080", self.listen),
             ))
         });
+        let ops_listen = match self.ops_listen.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(a) => match a.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    errors.push(ConfigError::new(
+                        "GATEWAY_OPS_LISTEN",
+                        "ops-listen",
+                        format!("{a:?} is not an address like 127.0.0.1:9102"),
+                    ));
+                    None
+                }
+            },
+        };
         let mut trusted = Vec::new();
         for s in self
             .trusted_proxies
@@ -290,6 +334,13 @@ impl GatewayArgs {
                     format!("{s:?} is not an address or CIDR range"),
                 )),
             }
+        }
+        if !(self.upgrade_rate_per_ip >= 0.0 && self.upgrade_burst_per_ip >= 1.0) {
+            errors.push(ConfigError::new(
+                "GATEWAY_UPGRADE_RATE_PER_IP",
+                "upgrade-rate-per-ip",
+                "the rate must be 0 (unlimited) or more, and GATEWAY_UPGRADE_BURST_PER_IP at least 1",
+            ));
         }
         let mut at_least = |env: &str, flag: &str, v: u64, min: u64| {
             if v < min {
@@ -440,8 +491,11 @@ impl GatewayArgs {
                 redis,
                 topic: self.topic.clone(),
                 listen,
+                ops_listen,
                 max_connections: self.max_connections,
                 max_connections_per_ip: self.max_connections_per_ip,
+                max_pending_per_ip: self.max_pending_per_ip.max(1),
+                upgrade_rate: (self.upgrade_rate_per_ip, self.upgrade_burst_per_ip),
                 trusted_proxies: trusted,
                 live_buffer: self.live_buffer,
                 live_buffer_bytes: self.live_buffer_bytes,

@@ -44,17 +44,46 @@ pub async fn run(
     // The operations endpoints answer from the start (/healthz 200, /readyz 503 until Redis
     // is reached); /ws answers 503 until the gateway is built.
     let gateway_cell: Arc<OnceLock<Arc<ws::Gateway>>> = Arc::new(OnceLock::new());
+    let before_gather: Arc<dyn Fn() + Send + Sync> = {
+        let (outbox, metrics, live) = (outbox.clone(), metrics.clone(), live.clone());
+        Arc::new(move || {
+            use dashstream::http::Readiness;
+            metrics.outbound_bytes.set(outbox.bytes() as i64);
+            metrics.ready.set(i64::from(live.check().is_ok()));
+        })
+    };
+    // A trusted proxy's connections carry many clients: not limited per address at accept.
+    let exempt: Arc<dyn Fn(std::net::IpAddr) -> bool + Send + Sync> = {
+        let trusted = settings.trusted_proxies.clone();
+        Arc::new(move |ip| trusted.iter().any(|n| n.contains(&ip)))
+    };
+    // GATEWAY_OPS_LISTEN: the operations endpoints on their own listener; the public one then
+    // serves only /ws and the viewer.
+    let ops_http = match settings.ops_listen {
+        None => None,
+        Some(addr) => {
+            let l = TcpListener::bind(addr).await.map_err(|e| {
+                prometheus::Error::Msg(format!("GATEWAY_OPS_LISTEN: cannot bind {addr}: {e}"))
+            })?;
+            let state = Arc::new(OpsState {
+                registry: registry.clone(),
+                readiness: live.clone(),
+                before_gather: Some(before_gather.clone()),
+                fallback: None,
+                serve_ops: true,
+                exempt: None,
+                max_pending_per_ip: dashstream::http::MAX_CONNECTIONS_PER_IP,
+            });
+            Some((l, state))
+        }
+    };
     let ops = Arc::new(OpsState {
+        serve_ops: ops_http.is_none(),
+        exempt: Some(exempt),
+        max_pending_per_ip: settings.max_pending_per_ip,
         registry,
         readiness: live.clone(),
-        before_gather: Some({
-            let (outbox, metrics, live) = (outbox.clone(), metrics.clone(), live.clone());
-            Arc::new(move || {
-                use dashstream::http::Readiness;
-                metrics.outbound_bytes.set(outbox.bytes() as i64);
-                metrics.ready.set(i64::from(live.check().is_ok()));
-            })
-        }),
+        before_gather: Some(before_gather),
         fallback: Some({
             let cell = gateway_cell.clone();
             Arc::new(move |req, peer| {
@@ -73,6 +102,8 @@ pub async fn run(
     });
     let http_stop = CancellationToken::new();
     let http = tokio::spawn(dashstream::http::serve(listener, ops, http_stop.clone()));
+    let ops_http = ops_http
+        .map(|(l, state)| tokio::spawn(dashstream::http::serve(l, state, http_stop.clone())));
     let block = Duration::from_millis(1000);
     let connect = |blocking: bool| {
         let redis = settings.redis.clone();
@@ -162,10 +193,12 @@ pub async fn run(
         history: Arc::new(streams.clone()),
         streams,
         metrics: metrics.clone(),
-        limits: limits::Limits::new(
+        limits: limits::Limits::with_rate(
             settings.max_connections,
             settings.max_connections_per_ip,
             settings.trusted_proxies.clone(),
+            settings.upgrade_rate.0,
+            settings.upgrade_rate.1,
         ),
         settings: settings.ws.clone(),
         drain: drain.clone(),
@@ -205,6 +238,9 @@ pub async fn run(
     http_stop.cancel();
     tail_stop.cancel();
     let _ = http.await;
+    if let Some(h) = ops_http {
+        let _ = h.await;
+    }
     let _ = tail.await;
     let _ = watcher.await;
     tracing::info!(left = metrics.connected_clients.get(), "gateway stopped");

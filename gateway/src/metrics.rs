@@ -53,7 +53,7 @@ pub struct Metrics {
 /// again from scratch (deleted or evicted while the meta hash stayed).
 pub const ROLLBACK_REASONS: [&str; 2] = ["rolled_back", "stream_lost"];
 
-pub const REJECT_REASONS: [&str; 10] = [
+pub const REJECT_REASONS: [&str; 11] = [
     "global_limit",
     "ip_limit",
     "bad_request",
@@ -64,6 +64,7 @@ pub const REJECT_REASONS: [&str; 10] = [
     "unauthorized",
     "forbidden",
     "origin",
+    "rate_limit",
 ];
 /// Why a token was refused (`crate::auth::AuthError::reason`).
 pub const AUTH_FAILURES: [&str; 9] = [

@@ -200,7 +200,13 @@ impl Gateway {
             );
         }
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-        let (ip, ignored) = self.limits.client_ip(peer.ip(), header("x-forwarded-for"));
+        let forwarded: Vec<&str> = req
+            .headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let (ip, ignored) = self.limits.client_ip(peer.ip(), &forwarded);
         if ignored {
             m.untrusted_forwarded.inc();
         }
@@ -221,6 +227,15 @@ impl Gateway {
                 "not_websocket",
                 "BAD_REQUEST",
                 "a WebSocket (version 13) upgrade is required",
+            );
+        }
+        if self.limits.take_upgrade(ip).is_err() {
+            return reject(
+                m,
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit",
+                "TOO_MANY_UPGRADES",
+                "too many upgrades from your address; wait a moment",
             );
         }
         if let Some(origin) = header("origin") {
@@ -300,7 +315,7 @@ impl Gateway {
                     "too many connections on this replica",
                 )
             }
-            Err(Refusal::PerIp) => {
+            Err(Refusal::PerIp | Refusal::Rate) => {
                 return reject(
                     m,
                     StatusCode::TOO_MANY_REQUESTS,
@@ -413,6 +428,16 @@ impl Gateway {
     /// this replica's view: another replica may have read further.
     async fn check_cursor(&self, s: &str) -> Result<Cursor, CursorProblem> {
         let c = Cursor::decode(s).map_err(|e| CursorProblem::Bad(e.to_string()))?;
+        // Partitions this replica does not follow are refused without asking Redis: a forged
+        // cursor naming thousands costs one map lookup each, not a script over their keys.
+        // (A partition added to the topic in the last seconds, not followed here yet, is
+        // refused too: partitions are added rarely, and the topic's keys move then anyway.)
+        let known = self.live.tops();
+        if let Some(p) = c.parts.keys().find(|p| !known.contains_key(p)) {
+            return Err(CursorProblem::Bad(format!(
+                "bad cursor: partition {p} has no stream"
+            )));
+        }
         let from: Vec<(i32, EntryId)> = c.parts.keys().map(|p| (*p, EntryId::ZERO)).collect();
         // In transactions of up to CHECK_CHUNK partitions: a wide topic's check is then
         // several bounded reads, each within the command timeout, not one huge reply.
@@ -423,7 +448,6 @@ impl Gateway {
             })?;
             reads.extend(part);
         }
-        let known = self.live.tops();
         for ((p, pos), r) in c.parts.iter().zip(reads) {
             // A retention gap leaves a position of "all of offset o" (n = u32::MAX).
             let beyond =

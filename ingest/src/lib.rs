@@ -97,6 +97,9 @@ pub async fn run(
             })
         }),
         fallback: None,
+        serve_ops: true,
+        exempt: None,
+        max_pending_per_ip: dashstream::http::MAX_CONNECTIONS_PER_IP,
     });
     let http_stop = CancellationToken::new();
     let http = tokio::spawn(dashstream::http::serve(listener, ops, http_stop.clone()));

@@ -135,7 +135,11 @@ impl System {
                 .unwrap();
         });
         let gw = Running { addr, stop, handle };
-        let addr = gw.addr.clone();
+        // With --ops-listen, /readyz is there only.
+        let addr = extra
+            .iter()
+            .find_map(|a| a.strip_prefix("--ops-listen="))
+            .map_or_else(|| gw.addr.clone(), str::to_string);
         wait_for("gateway ready", Duration::from_secs(30), || {
             let addr = addr.clone();
             async move { (testkit::http_get(&addr, "/readyz").await.ok()?.0 == 200).then_some(()) }
