@@ -17,6 +17,9 @@ source deploy/local/lib.sh
 log "checking build prerequisites"
 ensure_apt_packages build-essential pkg-config libssl-dev zlib1g-dev cmake python3 curl
 command -v cargo >/dev/null || die "cargo is not installed (Rust 1.85+ is required)"
+# The load balancers the gateway tests put in front of it (gateway/tests/proxies.rs), installed
+# without letting Debian start their services.
+ensure_service_packages nginx haproxy
 
 started_here=0
 if ! deploy/local/services.sh status >/dev/null 2>&1; then
