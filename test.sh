@@ -5,7 +5,8 @@
 #   2. starts Kafka and Redis on free local ports (or reuses the ones already running),
 #   3. checks the monitoring rules (promtool), formatting and lints, then runs the unit and
 #      integration tests (with the metrics contract and a real Prometheus scrape), and the live
-#      viewer's test in headless Chromium through an nginx load balancer,
+#      viewer's test in headless Chromium through an nginx load balancer, and every fuzz
+#      target for a bounded time (fuzz/run.sh),
 #   4. stops the services again if it started them.
 # Each integration test creates its own topic, consumer group and Redis key prefix, and has
 # its own deadline.
@@ -44,6 +45,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo test (unit and integration tests against the real Kafka and Redis)"
 # Integration test binaries run one after another; each test has its own deadline.
 cargo test --workspace --locked -- --test-threads=2
+log "fuzzing: the record decoder, the cursor, client frames and the /ws query (FUZZ_SECONDS each)"
+fuzz/run.sh
 log "browser test: the live viewer in headless Chromium, through the load balancer"
 tests/browser/run.sh
 log "all tests passed"

@@ -123,9 +123,10 @@ fn viewer() -> Response<Full<Bytes>> {
 }
 
 /// The query's parameters: `from`, the format, the filter and `access_token`.
-type Query = (Option<String>, Format, Filter, Option<String>);
+pub type Query = (Option<String>, Format, Filter, Option<String>);
 
-fn parse_params(query: &str) -> Result<Query, (&'static str, String)> {
+/// Parses `/ws`'s query string; `Err((code, message))` is the 400 refusal.
+pub fn parse_params(query: &str) -> Result<Query, (&'static str, String)> {
     let mut from = None;
     let mut token = None;
     let mut format = Format::Json;
@@ -789,6 +790,32 @@ async fn drain_input<R: AsyncRead + Unpin>(ws: &mut WebSocketStream<ReadOnly<R>>
     .await;
 }
 
+/// A client's text frame (docs/PROTOCOL.md, Client frames).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientFrame {
+    /// `{"type":"ping"}`.
+    Ping,
+    /// `{"type":"auth","token":...}` (`None`: no token string).
+    Auth(Option<String>),
+    /// JSON of another shape.
+    Other,
+    NotJson,
+}
+
+/// Parses a client's text frame; other fields of the object are ignored.
+pub fn parse_client_frame(text: &str) -> ClientFrame {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Err(_) => ClientFrame::NotJson,
+        Ok(v) => match v.get("type").and_then(|t| t.as_str()) {
+            Some("ping") => ClientFrame::Ping,
+            Some("auth") => {
+                ClientFrame::Auth(v.get("token").and_then(|t| t.as_str()).map(str::to_string))
+            }
+            _ => ClientFrame::Other,
+        },
+    }
+}
+
 /// A connection's authentication: its token's `exp`, renewed by `auth` frames whose token
 /// covers the connection's filter. At `exp` the connection is ended (4001, with a cursor);
 /// a renewal that no longer covers the filter ends it too (4003).
@@ -881,60 +908,50 @@ where
                 return Ended::new("abuse", true);
             }
             Some(Err(_)) => return Ended::new("error", false),
-            Some(Ok(Message::Text(t))) => {
-                match serde_json::from_str::<serde_json::Value>(t.as_str()) {
-                    Ok(v) if v.get("type").and_then(|t| t.as_str()) == Some("ping") => {
-                        reply(frames::pong(format), "pong")
-                    }
-                    Ok(v) if v.get("type").and_then(|t| t.as_str()) == Some("auth") => {
-                        let token = v.get("token").and_then(|t| t.as_str());
-                        match (&mut auth, token) {
-                            (None, _) => reply(
-                                frames::error(
-                                    format,
-                                    "BAD_REQUEST",
-                                    "this gateway does not authenticate (GATEWAY_AUTH is not jwt)",
-                                ),
-                                "error",
-                            ),
-                            (Some(_), None) => {
-                                bad("unknown_type", "BAD_REQUEST", "auth needs a token");
-                                strikes += 1;
-                            }
-                            (Some(a), Some(t)) => match a.auth.verify(t) {
-                                Ok(g) if g.covers(&a.filter) => {
-                                    a.exp = g.exp;
-                                    reply(frames::authenticated(format, g.exp), "authenticated");
-                                }
-                                Ok(_) => {
-                                    m.auth_failures.with_label_values(&["forbidden"]).inc();
-                                    a.end(4003, "forbidden");
-                                }
-                                Err(e) => {
-                                    m.auth_failures.with_label_values(&[e.reason()]).inc();
-                                    reply(
-                                        frames::error(format, "UNAUTHORIZED", &e.message()),
-                                        "error",
-                                    );
-                                    strikes += 1;
-                                }
-                            },
-                        }
-                    }
-                    Ok(_) => {
-                        bad(
-                            "unknown_type",
+            Some(Ok(Message::Text(t))) => match parse_client_frame(t.as_str()) {
+                ClientFrame::Ping => reply(frames::pong(format), "pong"),
+                ClientFrame::Auth(token) => match (&mut auth, token.as_deref()) {
+                    (None, _) => reply(
+                        frames::error(
+                            format,
                             "BAD_REQUEST",
-                            "the only client frame is {\"type\":\"ping\"}",
-                        );
+                            "this gateway does not authenticate (GATEWAY_AUTH is not jwt)",
+                        ),
+                        "error",
+                    ),
+                    (Some(_), None) => {
+                        bad("unknown_type", "BAD_REQUEST", "auth needs a token");
                         strikes += 1;
                     }
-                    Err(_) => {
-                        bad("bad_json", "BAD_JSON", "client frames must be JSON");
-                        strikes += 1;
-                    }
+                    (Some(a), Some(t)) => match a.auth.verify(t) {
+                        Ok(g) if g.covers(&a.filter) => {
+                            a.exp = g.exp;
+                            reply(frames::authenticated(format, g.exp), "authenticated");
+                        }
+                        Ok(_) => {
+                            m.auth_failures.with_label_values(&["forbidden"]).inc();
+                            a.end(4003, "forbidden");
+                        }
+                        Err(e) => {
+                            m.auth_failures.with_label_values(&[e.reason()]).inc();
+                            reply(frames::error(format, "UNAUTHORIZED", &e.message()), "error");
+                            strikes += 1;
+                        }
+                    },
+                },
+                ClientFrame::Other => {
+                    bad(
+                        "unknown_type",
+                        "BAD_REQUEST",
+                        "the only client frame is {\"type\":\"ping\"}",
+                    );
+                    strikes += 1;
                 }
-            }
+                ClientFrame::NotJson => {
+                    bad("bad_json", "BAD_JSON", "client frames must be JSON");
+                    strikes += 1;
+                }
+            },
             Some(Ok(Message::Binary(_))) => {
                 bad("binary", "BAD_REQUEST", "client frames must be JSON text");
                 strikes += 1;
