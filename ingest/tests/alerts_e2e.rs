@@ -129,19 +129,7 @@ async fn a_partition_stays_stuck_across_owners(prom: &Prometheus, first: &str, s
     // The owner goes; the partition is then stuck (its stream key holds a string) and had last
     // progressed 10 minutes ago when the next owner claims it.
     owner.stop().await;
-    let mut redis = h.redis().await;
-    let stream = h.keys().stream(0);
-    let _: () = redis::pipe()
-        .del(&stream)
-        .set(&stream, "not a stream")
-        .hset(
-            h.keys().meta(0),
-            "progress_us",
-            dashstream::now_us() - 600_000_000,
-        )
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    h.stick_partition(0, Duration::from_secs(600)).await;
     h.produce(h.produce_options(20, None)).await;
     let _next = h.ingest("i2", &[("INGEST_LISTEN", second)]);
 

@@ -101,19 +101,7 @@ async fn a_stuck_partition_that_changes_owner_keeps_its_staleness() {
 
         // The partition last moved 10 minutes ago, and its stream cannot be written any more
         // (a key of another type: every write fails, the claim still succeeds).
-        let mut redis = h.redis().await;
-        let stream = h.keys().stream(0);
-        let _: () = redis::pipe()
-            .del(&stream)
-            .set(&stream, "not a stream")
-            .hset(
-                h.keys().meta(0),
-                "progress_us",
-                dashstream::now_us() - 600_000_000,
-            )
-            .query_async(&mut redis)
-            .await
-            .unwrap();
+        h.stick_partition(0, Duration::from_secs(600)).await;
         h.produce(h.produce_options(20, None)).await;
 
         let second = h.ingest("i2", &[]);

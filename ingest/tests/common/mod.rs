@@ -433,6 +433,25 @@ impl Harness {
         Self::with_redis(name, partitions, testkit::services(), redis_url).await
     }
 
+    /// Makes partition `p` stuck: its stream key holds a string, so every write fails
+    /// (WRONGTYPE) while claims still succeed, and its meta says it last progressed
+    /// `progressed_ago` ago (as a previous owner would have left it).
+    pub async fn stick_partition(&self, p: i32, progressed_ago: Duration) {
+        let mut redis = self.redis().await;
+        let stream = self.keys().stream(p);
+        let _: () = redis::pipe()
+            .del(&stream)
+            .set(&stream, "not a stream")
+            .hset(
+                self.keys().meta(p),
+                "progress_us",
+                dashstream::now_us() - progressed_ago.as_micros() as i64,
+            )
+            .query_async(&mut redis)
+            .await
+            .expect("make the partition stuck");
+    }
+
     /// One field of partition `p`'s meta hash (`epoch`, `next_offset`, `owner`...), `None` when
     /// absent or Redis does not answer.
     pub async fn meta_field(&self, p: i32, field: &str) -> Option<String> {
