@@ -372,6 +372,7 @@ async fn an_expiring_token_ends_the_connection_with_4001_unless_renewed() {
         read_events(&mut c, n + events(&more), &mut seen).await;
 
         // Renewed in time: an `authenticated` frame, and the connection outlives the first token.
+        let first_exp = now() + 3;
         let mut c = RawClient::connect(
             &g1.addr,
             "from=latest",
@@ -383,7 +384,11 @@ async fn an_expiring_token_ends_the_connection_with_4001_unless_renewed() {
             .await;
         let v = c.until_type("authenticated", Duration::from_secs(5)).await;
         assert!(v["exp"].as_u64().unwrap() > now() + 60, "{v}");
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        // Nothing ends the connection until well past the first token's exp (from=latest with no
+        // producer: no frame at all), and it still answers.
+        let past_first = Duration::from_secs((first_exp + 2).saturating_sub(now()));
+        let got = c.next_json(past_first).await;
+        assert!(got.is_none(), "the renewed connection got {got:?}");
         c.send(json!({"type": "ping"})).await;
         c.until_type("pong", Duration::from_secs(5)).await;
 
