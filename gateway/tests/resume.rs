@@ -13,10 +13,13 @@ async fn fifty_random_disconnects_across_replicas_lose_and_double_nothing() {
         let _ingest = sys.ingest(&[]).await;
         sys.produce(sys.produce_options(100, None)).await;
         sys.wait_streams().await;
+        // One client reconnecting as fast as it can, hundreds of times: past the per-address
+        // upgrade rate (an abuse limit, tested in limits.rs), not what this checks.
+        let no_rate = ["--upgrade-rate-per-ip=0"];
         let gws = [
-            sys.gateway("g1", &[]).await,
-            sys.gateway("g2", &[]).await,
-            sys.gateway("g3", &[]).await,
+            sys.gateway("g1", &no_rate).await,
+            sys.gateway("g2", &no_rate).await,
+            sys.gateway("g3", &no_rate).await,
         ];
 
         let mut rx = Received::default();
