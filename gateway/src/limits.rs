@@ -53,14 +53,7 @@ impl Drop for Slot {
 
 impl Limits {
     pub fn new(max_total: usize, max_per_ip: usize, trusted: Vec<IpNet>) -> Arc<Self> {
-        Arc::new(Self {
-            max_total,
-            max_per_ip,
-            trusted,
-            state: Mutex::new((0, HashMap::new())),
-            rate: None,
-            buckets: Mutex::new(HashMap::new()),
-        })
+        Self::with_rate(max_total, max_per_ip, trusted, 0.0, 1.0)
     }
 
     /// Limits each client to `per_sec` upgrades per second, in bursts of up to `burst`.
@@ -71,11 +64,14 @@ impl Limits {
         per_sec: f64,
         burst: f64,
     ) -> Arc<Self> {
-        let mut l = Arc::try_unwrap(Self::new(max_total, max_per_ip, trusted))
-            .ok()
-            .expect("new");
-        l.rate = (per_sec > 0.0).then_some((per_sec, burst.max(1.0)));
-        Arc::new(l)
+        Arc::new(Self {
+            max_total,
+            max_per_ip,
+            trusted,
+            state: Mutex::new((0, HashMap::new())),
+            rate: (per_sec > 0.0).then_some((per_sec, burst.max(1.0))),
+            buckets: Mutex::new(HashMap::new()),
+        })
     }
 
     /// Takes one upgrade from `ip`'s bucket; `Err(Refusal::Rate)` when it is empty.

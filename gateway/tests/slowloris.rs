@@ -45,13 +45,14 @@ async fn one_address_holding_hundreds_of_connections_cannot_delay_another() {
             attackers.push(s);
         }
         let trickle = tokio::spawn(async move {
+            // The attack's pace: a header byte every 500 ms on every held connection.
             let mut open = attackers;
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
             loop {
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tick.tick().await;
                 for s in open.iter_mut() {
                     let _ = s.write_all(b"X").await;
                 }
-                open.retain(|_| true);
             }
         });
 
