@@ -3,10 +3,15 @@
 #
 # Usage: deploy/local/services.sh up|down|restart|status|env
 #
-# up:     redis.sh start, then kafka.sh start (both idempotent: running services
-#         are reused), then writes $DASHSTREAM_STATE_DIR/services.env with
-#           KAFKA_BROKERS=127.0.0.1:PORT
-#           REDIS_URL=redis://127.0.0.1:PORT
+# up:     tls.sh ensure (the local CA, certificates and users' passwords), redis.sh start,
+#         then kafka.sh start (all idempotent: running services are reused), then writes
+#         $DASHSTREAM_STATE_DIR/services.env with
+#           KAFKA_BROKERS=127.0.0.1:PORT               plaintext listener
+#           KAFKA_SASL_SSL_BROKERS=127.0.0.1:PORT      SASL_SSL, SCRAM-SHA-512
+#           KAFKA_MTLS_BROKERS=127.0.0.1:PORT          SSL with client certificates required
+#           REDIS_URL=redis://127.0.0.1:PORT           plaintext, default user
+#           REDIS_TLS_URL=rediss://127.0.0.1:PORT      TLS, ACL users only
+#           DASHSTREAM_TLS_DIR=...                     CA, certificates, passwords (tls.sh)
 #         and prints those lines on stdout. Load them with:
 #           set -a; . "$(deploy/local/services.sh path)"; set +a
 #         or:  eval "$(deploy/local/services.sh up | sed 's/^/export /')"
@@ -22,14 +27,18 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 SERVICES_ENV="$DASHSTREAM_STATE_DIR/services.env"
 
 cmd_up() {
-  local start redis_env kafka_env
+  local start redis_env kafka_env tls_dir
   start="$(date +%s)"
+  tls_dir="$("$DASHSTREAM_LOCAL_DIR/tls.sh" ensure)" || die "could not create the local certificates (see above)"
   redis_env="$("$DASHSTREAM_LOCAL_DIR/redis.sh" start)" || die "could not start Redis (see above)"
   kafka_env="$("$DASHSTREAM_LOCAL_DIR/kafka.sh" start)" || die "could not start Kafka (see above)"
-  [[ "$redis_env" == REDIS_URL=* ]] || die "redis.sh start printed an unexpected line: $redis_env"
-  [[ "$kafka_env" == KAFKA_BROKERS=* ]] || die "kafka.sh start printed an unexpected line: $kafka_env"
+  grep -q '^REDIS_URL=' <<<"$redis_env" || die "redis.sh start printed no REDIS_URL: $redis_env"
+  grep -q '^KAFKA_BROKERS=' <<<"$kafka_env" || die "kafka.sh start printed no KAFKA_BROKERS: $kafka_env"
   local tmp="$SERVICES_ENV.tmp.$$"
-  printf '%s\n%s\n' "$kafka_env" "$redis_env" >"$tmp"
+  {
+    printf '%s\n%s\n' "$kafka_env" "$redis_env"
+    printf 'DASHSTREAM_TLS_DIR=%s\n' "$tls_dir"
+  } >"$tmp"
   mv -f "$tmp" "$SERVICES_ENV"
   log "services up in $(($(date +%s) - start))s; environment in $SERVICES_ENV"
   cat "$SERVICES_ENV"

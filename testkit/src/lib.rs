@@ -22,16 +22,7 @@ pub struct Services {
 /// Reads `KAFKA_BROKERS` / `REDIS_URL` from the environment, else from `.local/services.env`
 /// written by `deploy/local/services.sh up`.
 pub fn services() -> Services {
-    let mut vars: HashMap<String, String> = HashMap::new();
-    if let Some(file) = find_services_env() {
-        for line in std::fs::read_to_string(&file).unwrap_or_default().lines() {
-            if let Some((k, v)) = line.split_once('=') {
-                vars.insert(k.trim().into(), v.trim().trim_matches('"').into());
-            }
-        }
-    }
-    let get = |k: &str| std::env::var(k).ok().or_else(|| vars.get(k).cloned());
-    match (get("KAFKA_BROKERS"), get("REDIS_URL")) {
+    match (service_var("KAFKA_BROKERS"), service_var("REDIS_URL")) {
         (Some(kafka_brokers), Some(redis_url)) => Services {
             kafka_brokers,
             redis_url,
@@ -41,6 +32,62 @@ pub fn services() -> Services {
              or set KAFKA_BROKERS and REDIS_URL"
         ),
     }
+}
+
+/// The encrypted, authenticated listeners of the shared services (`deploy/local/tls.sh`,
+/// `kafka.sh`, `redis.sh`): the broker's SASL_SSL (SCRAM-SHA-512) and mTLS listeners, Redis's
+/// TLS port, and the directory with the CA, certificates and the local users' passwords.
+#[derive(Debug, Clone)]
+pub struct SecureServices {
+    pub kafka_sasl_ssl_brokers: String,
+    pub kafka_mtls_brokers: String,
+    pub redis_tls_url: String,
+    pub tls_dir: PathBuf,
+}
+
+impl SecureServices {
+    /// A file in the TLS directory (`ca.pem`, `client.key`, `passwords/redis-ingest.password`).
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.tls_dir.join(name)
+    }
+
+    /// The password in `passwords/<user>.password`.
+    pub fn password(&self, user: &str) -> String {
+        let f = self.file(&format!("passwords/{user}.password"));
+        std::fs::read_to_string(&f)
+            .unwrap_or_else(|e| panic!("{}: {e}", f.display()))
+            .trim()
+            .to_string()
+    }
+}
+
+/// Reads the secure listeners like [`services`] reads the plain ones.
+pub fn secure_services() -> SecureServices {
+    let need = |k: &str| {
+        service_var(k).unwrap_or_else(|| {
+            panic!("{k} is not set: run `deploy/local/services.sh up` (or ./test.sh) again")
+        })
+    };
+    SecureServices {
+        kafka_sasl_ssl_brokers: need("KAFKA_SASL_SSL_BROKERS"),
+        kafka_mtls_brokers: need("KAFKA_MTLS_BROKERS"),
+        redis_tls_url: need("REDIS_TLS_URL"),
+        tls_dir: PathBuf::from(need("DASHSTREAM_TLS_DIR")),
+    }
+}
+
+/// `name` from the environment, else from the services file.
+fn service_var(name: &str) -> Option<String> {
+    if let Ok(v) = std::env::var(name) {
+        return Some(v);
+    }
+    let file = find_services_env()?;
+    std::fs::read_to_string(&file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .find(|(k, _)| k.trim() == name)
+        .map(|(_, v)| v.trim().trim_matches('"').to_string())
 }
 
 fn find_services_env() -> Option<PathBuf> {
