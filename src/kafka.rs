@@ -5,8 +5,14 @@
 
 use crate::config::{ConfigError, ConfigErrors};
 use clap::Args;
+use rdkafka::client::ClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::metadata::Metadata;
+use rdkafka::producer::{BaseProducer, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientConfig;
 use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 pub const ENV_BROKERS: &str = "KAFKA_BROKERS";
 pub const ENV_TOPIC: &str = "KAFKA_TOPIC";
@@ -407,6 +413,140 @@ impl KafkaConnection {
         }
         c
     }
+
+    /// A refusal by the brokers, from one of librdkafka's errors (`code`, `reason`), as the
+    /// setting to check: a failed SASL login names the password, a broker certificate the CA
+    /// bundle does not verify names the CA, and a TLS alert from the broker (it refused our
+    /// client certificate, or wants one) names the certificate. `None` for everything else
+    /// (an unreachable broker is an outage, not a setting).
+    pub fn refusal(&self, code: RDKafkaErrorCode, reason: &str) -> Option<ConfigError> {
+        let r = reason.to_ascii_lowercase();
+        let sasl_refused = matches!(
+            code,
+            RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed
+        );
+        if sasl_refused && self.protocol.sasl() {
+            let (mech, user, _) = self.sasl.as_ref()?;
+            return Some(ConfigError::new(
+                ENV_SASL_PASSWORD,
+                "kafka-sasl-password",
+                format!(
+                    "the brokers refused the {mech} login of user {user:?} (check {ENV_SASL_USERNAME}, {ENV_SASL_PASSWORD} or {ENV_SASL_PASSWORD_FILE}, {ENV_SASL_MECHANISM}): {reason}"
+                ),
+            ));
+        }
+        // A failed handshake is SSL; an alert after it (TLS 1.3: the broker checks the client
+        // certificate once the client is done) arrives as a transport failure.
+        let tls_failure = code == RDKafkaErrorCode::SSL
+            || (self.protocol.tls()
+                && (r.contains("ssl handshake failed") || r.contains("ssl alert")));
+        if !tls_failure {
+            return None;
+        }
+        if r.contains("certificate verify failed") || r.contains("could not be verified") {
+            let ca = self.ssl_ca.as_ref().map_or_else(
+                || "the system's CA certificates".to_string(),
+                |p| p.display().to_string(),
+            );
+            return Some(ConfigError::new(
+                ENV_SSL_CA_LOCATION,
+                "kafka-ssl-ca-location",
+                format!("the broker's certificate is not signed by a CA in {ca}: {reason}"),
+            ));
+        }
+        // The broker ended the handshake with an alert: it did not accept (or got no) client
+        // certificate.
+        if r.contains("alert") {
+            let problem = match &self.ssl_cert_key {
+                Some((cert, _)) => format!(
+                    "the broker refused the client certificate {} (not signed by a CA it trusts, expired, or not for client authentication): {reason}",
+                    cert.display()
+                ),
+                None => format!(
+                    "the broker wants a client certificate (set it and {ENV_SSL_KEY_LOCATION}): {reason}"
+                ),
+            };
+            return Some(ConfigError::new(
+                ENV_SSL_CERTIFICATE_LOCATION,
+                "kafka-ssl-certificate-location",
+                problem,
+            ));
+        }
+        Some(ConfigError::new(
+            ENV_SECURITY_PROTOCOL,
+            "kafka-security-protocol",
+            format!(
+                "the TLS handshake with the brokers failed (is {} a TLS listener?): {reason}",
+                self.brokers
+            ),
+        ))
+    }
+
+    /// Connects and fetches the metadata (of `topic`, or of the cluster) within `timeout`,
+    /// serving librdkafka's errors meanwhile, so a refusal of the credentials or certificates
+    /// is reported at once (librdkafka itself only logs it and retries forever). Blocking.
+    pub fn check_access(
+        &self,
+        topic: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Metadata, AccessError> {
+        let probe: BaseProducer<RecordErrors> = self
+            .client_config()
+            .create_with_context(RecordErrors::default())
+            .map_err(|e| AccessError::Unreachable(e.to_string()))?;
+        let deadline = Instant::now() + timeout;
+        let mut last;
+        loop {
+            let attempt = deadline
+                .saturating_duration_since(Instant::now())
+                .clamp(Duration::from_millis(50), Duration::from_millis(500));
+            match probe.client().fetch_metadata(topic, attempt) {
+                Ok(md) => return Ok(md),
+                Err(e) => last = e.to_string(),
+            }
+            probe.poll(Duration::ZERO);
+            let errors = std::mem::take(&mut *probe.context().0.lock().unwrap());
+            for (code, reason) in errors {
+                if let Some(refusal) = self.refusal(code, &reason) {
+                    return Err(AccessError::Refused(refusal));
+                }
+                last = reason;
+            }
+            if Instant::now() >= deadline {
+                return Err(AccessError::Unreachable(format!(
+                    "no metadata from {} within {timeout:?}: {last}",
+                    self.brokers
+                )));
+            }
+        }
+    }
+}
+
+/// Why [`KafkaConnection::check_access`] got no metadata.
+#[derive(Debug)]
+pub enum AccessError {
+    /// The brokers refused this client: a setting is wrong (named).
+    Refused(ConfigError),
+    /// No answer in time (the brokers may be down or starting): worth retrying.
+    Unreachable(String),
+}
+
+/// A client context that keeps librdkafka's errors (code and reason) for the caller.
+#[derive(Default)]
+struct RecordErrors(Mutex<Vec<(RDKafkaErrorCode, String)>>);
+
+impl ClientContext for RecordErrors {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(%error, reason, "librdkafka error during the access check");
+        if let Some(code) = error.rdkafka_error_code() {
+            self.0.lock().unwrap().push((code, reason.to_string()));
+        }
+    }
+}
+
+impl ProducerContext for RecordErrors {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &DeliveryResult<'_>, _: ()) {}
 }
 
 #[cfg(test)]
@@ -504,6 +644,98 @@ mod tests {
             &"KAFKA_SSL_CERTIFICATE_LOCATION (--kafka-ssl-certificate-location)".to_string()
         ));
         assert!(s.contains(&"KAFKA_SSL_KEY_LOCATION (--kafka-ssl-key-location)".to_string()));
+    }
+
+    /// A TLS connection as `validate` builds it (the classification only reads the paths).
+    fn tls_connection(protocol: &str) -> KafkaConnection {
+        let dir = std::env::temp_dir();
+        let mut conn = KafkaConnection::plaintext("127.0.0.1:9093");
+        conn.protocol = SecurityProtocol::parse(protocol).unwrap();
+        if conn.protocol.sasl() {
+            conn.sasl = Some(("SCRAM-SHA-512".into(), "ingest".into(), "wrong".into()));
+        }
+        conn.ssl_ca = Some(dir.join("ca.pem"));
+        conn.ssl_cert_key = Some((dir.join("client.pem"), dir.join("client.key")));
+        conn
+    }
+
+    fn refused_setting(conn: &KafkaConnection, code: RDKafkaErrorCode, reason: &str) -> String {
+        conn.refusal(code, reason)
+            .map(|e| e.setting)
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn refusals_name_the_setting_to_check() {
+        // Reasons as librdkafka 2.12 reports them.
+        let sasl = tls_connection("sasl_ssl");
+        let e = sasl
+            .refusal(
+                RDKafkaErrorCode::Authentication,
+                "sasl_ssl://127.0.0.1:9093/bootstrap: SASL authentication error: Authentication \
+                 failed during authentication due to invalid credentials with SASL mechanism \
+                 SCRAM-SHA-512 (after 12ms in state AUTH_REQ)",
+            )
+            .expect("a refusal");
+        assert_eq!(e.setting, "KAFKA_SASL_PASSWORD (--kafka-sasl-password)");
+        assert!(e.problem.contains("\"ingest\""), "{e}");
+        assert!(!e.to_string().contains("wrong"), "never the password: {e}");
+
+        let ca = "ssl://127.0.0.1:9093/bootstrap: SSL handshake failed: error:0A000086:SSL \
+                  routines::certificate verify failed: broker certificate could not be verified, \
+                  verify that ssl.ca.location is correctly configured";
+        let mtls = tls_connection("ssl");
+        for conn in [&sasl, &mtls] {
+            assert_eq!(
+                refused_setting(conn, RDKafkaErrorCode::SSL, ca),
+                "KAFKA_SSL_CA_LOCATION (--kafka-ssl-ca-location)"
+            );
+        }
+        let alert = "ssl://127.0.0.1:9093/bootstrap: SSL handshake failed: \
+                     ssl/record/rec_layer_s3.c:1605: error:0A000418:SSL routines::tlsv1 alert \
+                     unknown ca: SSL alert number 48";
+        let after_handshake = "ssl://127.0.0.1:9093/bootstrap: Receive failed: \
+             error:0A000412:SSL routines::sslv3 alert bad certificate: SSL alert number 42 \
+             (after 0ms in state APIVERSION_QUERY)";
+        assert_eq!(
+            refused_setting(
+                &mtls,
+                RDKafkaErrorCode::BrokerTransportFailure,
+                after_handshake
+            ),
+            "KAFKA_SSL_CERTIFICATE_LOCATION (--kafka-ssl-certificate-location)"
+        );
+        assert_eq!(
+            refused_setting(&mtls, RDKafkaErrorCode::SSL, alert),
+            "KAFKA_SSL_CERTIFICATE_LOCATION (--kafka-ssl-certificate-location)"
+        );
+        assert_eq!(
+            refused_setting(
+                &mtls,
+                RDKafkaErrorCode::SSL,
+                "SSL handshake failed: wrong version number"
+            ),
+            "KAFKA_SECURITY_PROTOCOL (--kafka-security-protocol)"
+        );
+        // An outage is not a setting: it is waited out.
+        for (code, reason) in [
+            (RDKafkaErrorCode::AllBrokersDown, "1/1 brokers are down"),
+            (
+                RDKafkaErrorCode::BrokerTransportFailure,
+                "ssl://127.0.0.1:9093/bootstrap: Connect to ipv4#127.0.0.1:9093 failed: \
+                 Connection refused",
+            ),
+        ] {
+            assert!(mtls.refusal(code, reason).is_none(), "{reason}");
+            assert!(sasl.refusal(code, reason).is_none(), "{reason}");
+        }
+        // Without SASL, an authentication error is not about a password.
+        assert!(mtls
+            .refusal(
+                RDKafkaErrorCode::Authentication,
+                "SASL authentication error"
+            )
+            .is_none());
     }
 
     #[test]

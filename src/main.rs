@@ -3,7 +3,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use dashstream::config::{exit_config, parse_or_exit, ConfigErrors};
-use dashstream::kafka::{KafkaArgs, KafkaConnection, TopicArgs};
+use dashstream::kafka::{AccessError, KafkaArgs, KafkaConnection, TopicArgs};
 use dashstream::produce::{Fault, ProduceOptions};
 use dashstream::provision::{Outcome, TopicSpec};
 use std::time::Duration;
@@ -232,6 +232,20 @@ fn connection(kafka: &KafkaArgs, topic: &TopicArgs) -> KafkaConnection {
     }
 }
 
+/// Exits 64 naming the setting when the brokers refuse this client (a wrong SASL password, a
+/// certificate on either side not trusted); an unreachable broker is left to the command.
+async fn check_access(conn: &KafkaConnection) {
+    let probe = conn.clone();
+    let checked =
+        tokio::task::spawn_blocking(move || probe.check_access(None, Duration::from_secs(10)))
+            .await;
+    if let Ok(Err(AccessError::Refused(e))) = checked {
+        let mut errors = ConfigErrors::default();
+        errors.push(e);
+        exit_config(&errors);
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     dashstream::telemetry::init("warn");
@@ -323,6 +337,7 @@ async fn tail(a: TailArgs) -> anyhow::Result<()> {
                 );
             }
             let conn = connection(&kafka, &topic);
+            check_access(&conn).await;
             let t = dashstream::tail::KafkaTail {
                 topic: topic.topic.clone(),
                 from: tail_from(&from),
@@ -409,6 +424,7 @@ async fn provision(a: ProvisionArgs) -> anyhow::Result<()> {
     if !errors.is_empty() {
         exit_config(&errors);
     }
+    check_access(&conn).await;
     let hour = 3_600_000;
     let specs = [
         TopicSpec {
@@ -467,6 +483,7 @@ fn brokers_are_local(brokers: &str) -> bool {
 
 async fn produce(a: ProduceArgs) -> anyhow::Result<()> {
     let conn = connection(&a.kafka, &a.topic);
+    check_access(&conn).await;
     let opts = ProduceOptions {
         topic: a.topic.topic.clone(),
         threads: a.threads.max(1),
