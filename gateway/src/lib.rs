@@ -131,6 +131,10 @@ pub async fn run(
                         .redis_errors
                         .with_label_values(&["connection"])
                         .inc();
+                    if let Some(hint) = dashstream::redis_config::refusal(&e) {
+                        http_stop.cancel();
+                        return Err(prometheus::Error::Msg(format!("{hint} ({e})")));
+                    }
                     tracing::warn!(error = %e, "redis unreachable at start-up; retrying");
                     tokio::select! {
                         _ = shutdown.cancelled() => {

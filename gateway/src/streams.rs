@@ -38,9 +38,11 @@ pub use reply::MALFORMED_EVENT;
 /// `XINFO STREAM` fields the reader needs (`false` when there is no stream) and `entries` stops
 /// at `count` entries or once the partition's byte budget is reached, whichever comes first
 /// (always at least one entry when there is one). Bytes are those of the entries' field values.
-static TAIL_READ: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+///
+/// It only reads: it runs with `EVALSHA_RO` (falling back to `EVAL_RO` after a Redis restart
+/// emptied the script cache), so a read-only ACL user (`-@write`, `%R~<prefix>:*`) can serve
+/// the gateway; docs/SECURITY.md lists that user's rules.
+const TAIL_READ_SRC: &str = r#"#!lua flags=no-writes
 local count, budget = tonumber(ARGV[1]), tonumber(ARGV[2])
 local MAX = '18446744073709551615-18446744073709551615'
 local out = {}
@@ -80,9 +82,10 @@ for i = 1, #KEYS, 2 do
   out[#out + 1] = {epoch, info, entries}
 end
 return out
-"#,
-    )
-});
+"#;
+
+static TAIL_READ_SHA: LazyLock<String> =
+    LazyLock::new(|| Script::new(TAIL_READ_SRC).get_hash().to_string());
 
 /// Connections in a pool at most (history pages and cursor checks); the concurrency limit is
 /// the semaphore, a connection carries several requests at once.
@@ -435,15 +438,32 @@ impl Streams {
 
     async fn tail_read(&self, from: &[(i32, EntryId)], count: usize) -> Result<Value, ReadError> {
         let budget = (self.shared.opts.tail_read_bytes / from.len()).max(1);
-        let mut inv = TAIL_READ.prepare_invoke();
-        inv.arg(count).arg(budget);
-        for (p, after) in from {
-            let k = self.shared.keys.part(*p);
-            inv.key(&k.stream).key(&k.meta).arg(reply::redis_id(*after));
-        }
+        // EVALSHA_RO sha numkeys keys... args...; the same with the source for EVAL_RO.
+        let call = |head: &str, body: &str| {
+            let mut cmd = redis::cmd(head);
+            cmd.arg(body).arg(from.len() * 2);
+            for (p, _) in from {
+                let k = self.shared.keys.part(*p);
+                cmd.arg(&k.stream).arg(&k.meta);
+            }
+            cmd.arg(count).arg(budget);
+            for (_, after) in from {
+                cmd.arg(reply::redis_id(*after));
+            }
+            cmd
+        };
         let mut c = self.conn();
-        self.timed("read", self.shared.opts.timeout, inv.invoke_async(&mut c))
-            .await
+        let read = async {
+            match call("EVALSHA_RO", &TAIL_READ_SHA).query_async(&mut c).await {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    call("EVAL_RO", TAIL_READ_SRC).query_async(&mut c).await
+                }
+                other => other,
+            }
+        };
+        self.timed("read", self.shared.opts.timeout, read).await
     }
 
     /// `MULTI`, then per partition `HGET epoch`, `XINFO STREAM` and (with a count) `XRANGE`,

@@ -22,7 +22,9 @@ pub use config::{IngestArgs, IngestSettings, OffsetReset, PipelineOptions};
 
 use consumer::{IngestContext, PollEnd, SpawnWorker};
 use dashstream::backoff::Backoff;
+use dashstream::config::ConfigError;
 use dashstream::http::OpsState;
+use dashstream::kafka::{AccessError, KafkaConnection};
 use dashstream::keys::StreamKeys;
 use metrics::Metrics;
 use prometheus::Registry;
@@ -43,12 +45,23 @@ pub enum IngestError {
     DlqTopicMissing(String),
     #[error("a pipeline thread failed: {0}")]
     Thread(String),
+    /// The brokers refused the credentials or a certificate.
+    #[error("{0}")]
+    KafkaRefused(dashstream::config::ConfigError),
+    /// Redis refused the login or the TLS handshake.
+    #[error("{0}")]
+    RedisRefused(String),
 }
 
 impl IngestError {
     /// A setting is wrong (the binary exits 64), rather than a failure at run time.
     pub fn is_config(&self) -> bool {
-        matches!(self, IngestError::DlqTopicMissing(_))
+        matches!(
+            self,
+            IngestError::DlqTopicMissing(_)
+                | IngestError::KafkaRefused(_)
+                | IngestError::RedisRefused(_)
+        )
     }
 }
 
@@ -118,17 +131,22 @@ pub async fn run(
             .set("enable.auto.commit", "false")
             .create()?,
     );
-    let Some(dlq_exists) = topic_exists(
-        &lag_client,
+    let dlq_exists = topic_exists(
+        &settings.kafka,
         &settings.dlq_topic,
         options.kafka_timeout,
         &health,
         &metrics,
         &stop,
     )
-    .await
-    else {
-        return stopped_early(http_stop);
+    .await;
+    let dlq_exists = match dlq_exists {
+        Ok(Some(exists)) => exists,
+        Ok(None) => return stopped_early(http_stop),
+        Err(refused) => {
+            http_stop.cancel();
+            return Err(IngestError::KafkaRefused(refused));
+        }
     };
     if !dlq_exists {
         http_stop.cancel();
@@ -138,7 +156,13 @@ pub async fn run(
     // Redis: one multiplexed, self-reconnecting connection shared by all partition workers.
     let redis = tokio::select! {
         _ = stop.cancelled() => return stopped_early(http_stop),
-        c = connect_redis(&settings, &health, &metrics) => c,
+        c = connect_redis(&settings, &health, &metrics) => match c {
+            Ok(c) => c,
+            Err(refused) => {
+                http_stop.cancel();
+                return Err(IngestError::RedisRefused(refused));
+            }
+        },
     };
     let redis_ping = tokio::spawn(ping_redis(
         redis.clone(),
@@ -323,20 +347,21 @@ pub async fn run(
 }
 
 /// Whether `topic` exists; waits (with backoff, counted) while Kafka cannot be asked. `None`
-/// when stopped first.
+/// when stopped first; the setting to fix when the brokers refuse the credentials or a
+/// certificate (librdkafka would only retry).
 async fn topic_exists(
-    client: &Arc<BaseConsumer>,
+    conn: &KafkaConnection,
     topic: &str,
     timeout: Duration,
     health: &Health,
     metrics: &Metrics,
     stop: &CancellationToken,
-) -> Option<bool> {
+) -> Result<Option<bool>, ConfigError> {
     let mut backoff = Backoff::new();
     loop {
-        let (c, t) = (client.clone(), topic.to_string());
+        let (c, t) = (conn.clone(), topic.to_string());
         let md = tokio::task::spawn_blocking(move || {
-            c.fetch_metadata(Some(&t), timeout).map(|md| {
+            c.check_access(Some(&t), timeout).map(|md| {
                 md.topics()
                     .first()
                     .is_some_and(|t| t.error().is_none() && !t.partitions().is_empty())
@@ -346,9 +371,10 @@ async fn topic_exists(
         match md {
             Ok(Ok(exists)) => {
                 health.kafka.ok();
-                return Some(exists);
+                return Ok(Some(exists));
             }
-            Ok(Err(e)) => {
+            Ok(Err(AccessError::Refused(e))) => return Err(e),
+            Ok(Err(AccessError::Unreachable(e))) => {
                 metrics.kafka_error("client");
                 health.kafka.failed(e.to_string());
                 tracing::warn!(error = %e, "kafka unreachable at start-up; retrying");
@@ -356,7 +382,7 @@ async fn topic_exists(
             Err(e) => tracing::warn!(error = %e, "metadata request failed; retrying"),
         }
         if !backoff.wait_or_cancelled(stop).await {
-            return None;
+            return Ok(None);
         }
     }
 }
@@ -365,13 +391,16 @@ async fn connect_redis(
     settings: &IngestSettings,
     health: &Health,
     metrics: &Metrics,
-) -> redis::aio::ConnectionManager {
+) -> Result<redis::aio::ConnectionManager, String> {
     let mut backoff = Backoff::new();
     loop {
         match settings.redis.connect().await {
-            Ok(c) => return c,
+            Ok(c) => return Ok(c),
             Err(e) => {
                 metrics.redis_error("connection");
+                if let Some(hint) = dashstream::redis_config::refusal(&e) {
+                    return Err(format!("{hint} ({e})"));
+                }
                 health.redis.failed(e.to_string());
                 tracing::warn!(error = %e, "redis unreachable at start-up; retrying");
                 backoff.wait().await;
