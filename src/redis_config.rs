@@ -224,9 +224,16 @@ impl RedisArgs {
 pub fn refusal(e: &redis::RedisError) -> Option<&'static str> {
     let text = e.to_string();
     let has = |s: &str| text.contains(s);
-    if has("WRONGPASS") || has("invalid username-password") || has("NOAUTH") {
+    // redis-rs turns a refused AUTH/HELLO into `AuthenticationFailed` ("Password
+    // authentication failed"); the server's codes are kept for errors it passes through.
+    let login = matches!(e.kind(), redis::ErrorKind::AuthenticationFailed);
+    let acl = matches!(
+        e.kind(),
+        redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm)
+    );
+    if login || has("WRONGPASS") || has("invalid username-password") || has("NOAUTH") {
         Some("Redis refused the login: check the user in REDIS_URL and the password (REDIS_URL or REDIS_PASSWORD_FILE)")
-    } else if has("NOPERM") {
+    } else if acl || has("NOPERM") {
         Some("the Redis ACL user may not run a command this tier needs: see docs/SECURITY.md for its rules")
     } else if has("certificate") || has("handshake") || has("ssl") || has("SSL") || has("tls") {
         Some("TLS to Redis failed: check REDIS_TLS_CA_FILE (the CA that signed the server's certificate) and, for client certificates, REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE")
@@ -338,6 +345,12 @@ mod tests {
             "invalid username-password pair or user is disabled.",
         );
         assert!(refusal(&pw).unwrap().contains("REDIS_PASSWORD_FILE"));
+        // What redis-rs 1.x really returns for a refused login.
+        let auth = redis::RedisError::from((
+            redis::ErrorKind::AuthenticationFailed,
+            "Password authentication failed",
+        ));
+        assert!(refusal(&auth).unwrap().contains("REDIS_PASSWORD_FILE"));
         let tls = redis::RedisError::from(std::io::Error::other(
             "error:0A000086:SSL routines:tls_post_process_server_certificate:certificate verify failed",
         ));

@@ -27,6 +27,24 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// Why [`run`] stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Metrics(#[from] prometheus::Error),
+    /// A setting is wrong, or a backend refused it (login, certificate, ACL, policy): the
+    /// message names the setting; the binary exits 64 as for any bad setting.
+    #[error("{0}")]
+    Config(String),
+}
+
+impl GatewayError {
+    /// A setting to fix, rather than a failure at run time.
+    pub fn is_config(&self) -> bool {
+        matches!(self, GatewayError::Config(_))
+    }
+}
+
 /// Runs the gateway until `shutdown`; then refuses new clients, tells every client to
 /// reconnect elsewhere with its cursor, and returns once they are gone or the drain deadline
 /// passed. `listener` serves `/ws` and the operations endpoints.
@@ -35,7 +53,7 @@ pub async fn run(
     registry: Registry,
     listener: TcpListener,
     shutdown: CancellationToken,
-) -> Result<(), prometheus::Error> {
+) -> Result<(), GatewayError> {
     let metrics = Arc::new(metrics::Metrics::new(&registry)?);
     let outbox = outq::Outbox::new(settings.outbound_buffer_bytes);
     let live = reader::Live::new(settings.live_buffer, settings.ws.max_frame_bytes)
@@ -63,7 +81,7 @@ pub async fn run(
         None => None,
         Some(addr) => {
             let l = TcpListener::bind(addr).await.map_err(|e| {
-                prometheus::Error::Msg(format!("GATEWAY_OPS_LISTEN: cannot bind {addr}: {e}"))
+                GatewayError::Config(format!("GATEWAY_OPS_LISTEN: cannot bind {addr}: {e}"))
             })?;
             let state = Arc::new(OpsState {
                 registry: registry.clone(),
@@ -133,7 +151,7 @@ pub async fn run(
                         .inc();
                     if let Some(hint) = dashstream::redis_config::refusal(&e) {
                         http_stop.cancel();
-                        return Err(prometheus::Error::Msg(format!("{hint} ({e})")));
+                        return Err(GatewayError::Config(format!("{hint} ({e})")));
                     }
                     tracing::warn!(error = %e, "redis unreachable at start-up; retrying");
                     tokio::select! {
@@ -153,7 +171,7 @@ pub async fn run(
     let (blocking, tail, watch) = (next(), next(), next());
     preflight::check(tail.clone(), settings.redis.command_timeout, &shutdown)
         .await
-        .map_err(prometheus::Error::Msg)?;
+        .map_err(GatewayError::Config)?;
     let streams = streams::Streams::with_connections(
         streams::Connections {
             blocking,

@@ -30,6 +30,11 @@ async fn main() -> ExitCode {
     let shutdown = dashstream::shutdown::on_signal();
     match dashstream_gateway::run(settings, prometheus::Registry::new(), listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is_config() => {
+            tracing::error!(error = %e, "gateway stopped: a setting to fix");
+            eprintln!("{e}");
+            ExitCode::from(EXIT_CONFIG as u8)
+        }
         Err(e) => {
             tracing::error!(error = %e, "gateway failed");
             ExitCode::FAILURE
