@@ -13,6 +13,8 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 /// The subprotocol prefix that carries a token from a browser: `token.<jwt>`.
 pub const TOKEN_SUBPROTOCOL_PREFIX: &str = "token.";
@@ -28,12 +30,35 @@ pub struct JwtSettings {
     pub public_key_files: Vec<PathBuf>,
     /// A JWKS document (`{"keys":[...]}`); keys are matched by `kid` when the token has one.
     pub jwks_file: Option<PathBuf>,
+    /// A JWKS document fetched over HTTP(S) and refreshed in the background.
+    pub jwks_url: Option<JwksUrl>,
     pub issuer: Option<String>,
     pub audience: Option<String>,
     pub leeway_secs: u64,
     pub tenants_claim: String,
     pub types_claim: Option<String>,
 }
+
+/// `GATEWAY_JWT_JWKS_URL` and its bounds.
+#[derive(Debug, Clone)]
+pub struct JwksUrl {
+    pub url: reqwest::Url,
+    /// A CA bundle (PEM) trusted for an https URL, besides the system's.
+    pub ca_file: Option<PathBuf>,
+    /// How often the document is fetched again.
+    pub refresh: Duration,
+    /// Deadline of one fetch.
+    pub timeout: Duration,
+    /// A larger document is refused (the last good keys stay in use).
+    pub max_bytes: usize,
+    /// A document with more keys is refused.
+    pub max_keys: usize,
+}
+
+/// A token naming a `kid` no key has wakes the refresher, but fetches are never closer than
+/// this (or the refresh interval, when shorter): unknown kids cannot make the gateway hammer
+/// the key server.
+pub const JWKS_MIN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Why a token was refused. Each has its HTTP status at the upgrade, its close code during a
 /// connection, and the `reason` of `dashstream_gateway_auth_failures_total`.
@@ -169,14 +194,27 @@ struct Key {
 
 /// Checks tokens against the configured keys.
 pub struct Authenticator {
+    /// From files, fixed at start.
     keys: Vec<Key>,
+    /// From `GATEWAY_JWT_JWKS_URL`: the last good document's keys.
+    remote: RwLock<Arc<Vec<Key>>>,
+    fetcher: Option<Fetcher>,
     settings: JwtSettings,
+}
+
+/// What fetches the JWKS document.
+struct Fetcher {
+    client: reqwest::Client,
+    url: JwksUrl,
+    /// Woken by a token whose `kid` no key has.
+    kid_miss: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Authenticator")
             .field("keys", &self.keys.len())
+            .field("remote_keys", &self.remote_keys())
             .finish()
     }
 }
@@ -248,51 +286,93 @@ impl Authenticator {
             const S: &str = "GATEWAY_JWT_JWKS_FILE";
             let text = std::fs::read_to_string(path)
                 .map_err(|e| key_error(S, format!("cannot read {}: {e}", path.display())))?;
-            let set: JwkSet = serde_json::from_str(&text).map_err(|e| {
-                key_error(S, format!("{} is not a JWKS document: {e}", path.display()))
-            })?;
-            for jwk in &set.keys {
-                let alg = match (&jwk.common.key_algorithm, &jwk.algorithm) {
-                    (Some(KeyAlgorithm::RS256), _) | (None, AlgorithmParameters::RSA(_)) => {
-                        Algorithm::RS256
-                    }
-                    (Some(KeyAlgorithm::ES256), _) => Algorithm::ES256,
-                    (None, AlgorithmParameters::EllipticCurve(p))
-                        if p.curve == EllipticCurve::P256 =>
-                    {
-                        Algorithm::ES256
-                    }
-                    (Some(KeyAlgorithm::HS256), _) | (None, AlgorithmParameters::OctetKey(_)) => {
-                        Algorithm::HS256
-                    }
-                    (a, _) => {
-                        return Err(key_error(
-                            S,
-                            format!(
-                                "key {:?}: only RS256, ES256 (P-256) and HS256 keys are accepted, not {a:?}",
-                                jwk.common.key_id
-                            ),
-                        ))
-                    }
-                };
-                let key = DecodingKey::from_jwk(jwk)
-                    .map_err(|e| key_error(S, format!("key {:?}: {e}", jwk.common.key_id)))?;
-                keys.push(Key {
-                    kid: jwk.common.key_id.clone(),
-                    alg,
-                    key,
-                });
-            }
+            let doc = parse_jwks(&text, usize::MAX)
+                .map_err(|e| key_error(S, format!("{}: {e}", path.display())))?;
+            keys.extend(doc);
         }
-        if keys.is_empty() {
+        let fetcher = match &settings.jwks_url {
+            None => None,
+            Some(u) => Some(Fetcher::new(u)?),
+        };
+        if keys.is_empty() && fetcher.is_none() {
             return Err(key_error(
                 "GATEWAY_AUTH",
-                "jwt needs a key: GATEWAY_JWT_HS256_SECRET_FILE, GATEWAY_JWT_PUBLIC_KEY_FILES or GATEWAY_JWT_JWKS_FILE",
+                "jwt needs a key: GATEWAY_JWT_HS256_SECRET_FILE, GATEWAY_JWT_PUBLIC_KEY_FILES, GATEWAY_JWT_JWKS_FILE or GATEWAY_JWT_JWKS_URL",
             ));
         }
-        Ok(Self { keys, settings })
+        Ok(Self {
+            keys,
+            remote: RwLock::new(Arc::new(Vec::new())),
+            fetcher,
+            settings,
+        })
     }
 
+    /// Keys of the fetched JWKS document in use.
+    pub fn remote_keys(&self) -> usize {
+        self.remote.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether keys come from `GATEWAY_JWT_JWKS_URL`.
+    pub fn fetches_keys(&self) -> bool {
+        self.fetcher.is_some()
+    }
+
+    /// Fetches the JWKS document once and, when it is good, uses its keys from now on (a bad
+    /// one leaves the last good keys in use). The number of keys, or why not.
+    pub async fn fetch_keys(&self) -> Result<usize, String> {
+        let Some(f) = &self.fetcher else {
+            return Ok(0);
+        };
+        let keys = f.fetch().await?;
+        let n = keys.len();
+        *self.remote.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+        Ok(n)
+    }
+
+    /// Fetches the JWKS document every refresh interval until `stop` (sooner after a failure,
+    /// or when a token names an unknown `kid`, never closer than [`JWKS_MIN_INTERVAL`]), and
+    /// counts each fetch.
+    pub async fn keep_keys_fresh(
+        self: Arc<Self>,
+        metrics: Arc<crate::metrics::Metrics>,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let Some(f) = &self.fetcher else {
+            return;
+        };
+        let refresh = f.url.refresh;
+        let min_gap = JWKS_MIN_INTERVAL.min(refresh);
+        let mut last = Instant::now();
+        let mut failing = Duration::ZERO;
+        loop {
+            let wait = if failing.is_zero() { refresh } else { failing };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep_until((last + wait).into()) => {}
+                _ = f.kid_miss.notified() => {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep_until((last + min_gap).into()) => {}
+                    }
+                }
+            }
+            last = Instant::now();
+            match self.fetch_keys().await {
+                Ok(n) => {
+                    failing = Duration::ZERO;
+                    record_fetch(&metrics, Some(n));
+                }
+                Err(e) => {
+                    // Retry sooner: 1 s, doubling up to the refresh interval.
+                    failing = (failing * 2).clamp(Duration::from_secs(1).min(refresh), refresh);
+                    record_fetch(&metrics, None);
+                    tracing::warn!(error = %e, url = %f.url.url, keys = self.remote_keys(),
+                        "JWKS fetch failed; the last good keys stay in use");
+                }
+            }
+        }
+    }
     /// Checks `token` and returns what it grants.
     pub fn verify(&self, token: &str) -> Result<Grant, AuthError> {
         use jsonwebtoken::errors::ErrorKind;
@@ -307,9 +387,19 @@ impl Authenticator {
         ) {
             return Err(AuthError::BadAlgorithm(format!("{:?}", header.alg)));
         }
-        let candidates: Vec<&Key> = self
-            .keys
-            .iter()
+        let remote = self
+            .remote
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let all = || self.keys.iter().chain(remote.iter());
+        if let (Some(kid), Some(f)) = (&header.kid, &self.fetcher) {
+            if !all().any(|k| k.kid.as_ref() == Some(kid)) {
+                // Perhaps a key the server has published since the last fetch.
+                f.kid_miss.notify_one();
+            }
+        }
+        let candidates: Vec<&Key> = all()
             .filter(|k| k.alg == header.alg)
             .filter(|k| match (&header.kid, &k.kid) {
                 (Some(want), Some(have)) => want == have,
@@ -388,6 +478,129 @@ impl Authenticator {
                 .map(str::to_string),
         })
     }
+}
+
+/// Counts one JWKS fetch: `Some(keys)` when it succeeded.
+pub fn record_fetch(metrics: &crate::metrics::Metrics, keys: Option<usize>) {
+    match keys {
+        Some(n) => {
+            metrics.jwks_fetches.with_label_values(&["ok"]).inc();
+            metrics.jwks_keys.set(n as i64);
+            metrics.jwks_last_success.set(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64()),
+            );
+        }
+        None => metrics.jwks_fetches.with_label_values(&["error"]).inc(),
+    }
+}
+
+impl Fetcher {
+    fn new(u: &JwksUrl) -> Result<Self, KeyError> {
+        let mut b = reqwest::Client::builder()
+            .timeout(u.timeout)
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .user_agent(concat!("dashstream-gateway/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &u.ca_file {
+            const S: &str = "GATEWAY_JWT_JWKS_CA_FILE";
+            let pem = std::fs::read(path)
+                .map_err(|e| key_error(S, format!("cannot read {}: {e}", path.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                key_error(S, format!("{} is not a PEM CA bundle: {e}", path.display()))
+            })?;
+            for c in certs {
+                b = b.add_root_certificate(c);
+            }
+        }
+        let client = b
+            .build()
+            .map_err(|e| key_error("GATEWAY_JWT_JWKS_URL", e.to_string()))?;
+        Ok(Self {
+            client,
+            url: u.clone(),
+            kid_miss: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// The keys of the document at the URL, read up to `max_bytes`.
+    async fn fetch(&self) -> Result<Vec<Key>, String> {
+        let max = self.url.max_bytes;
+        let mut resp = self
+            .client
+            .get(self.url.url.clone())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| format!("cannot fetch: {e}"))?;
+        if !resp.status().is_success() {
+            return Err(format!("the key server answered {}", resp.status()));
+        }
+        if resp.content_length().is_some_and(|n| n > max as u64) {
+            return Err(format!(
+                "the document is larger than GATEWAY_JWT_JWKS_MAX_BYTES ({max} bytes)"
+            ));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| format!("reading the document: {e}"))?
+        {
+            if body.len() + chunk.len() > max {
+                return Err(format!(
+                    "the document is larger than GATEWAY_JWT_JWKS_MAX_BYTES ({max} bytes)"
+                ));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let text = std::str::from_utf8(&body).map_err(|_| "the document is not UTF-8")?;
+        parse_jwks(text, self.url.max_keys)
+    }
+}
+
+/// The keys of a JWKS document (at most `max_keys` of them).
+fn parse_jwks(text: &str, max_keys: usize) -> Result<Vec<Key>, String> {
+    let set: JwkSet =
+        serde_json::from_str(text).map_err(|e| format!("not a JWKS document: {e}"))?;
+    if set.keys.len() > max_keys {
+        return Err(format!(
+            "{} keys, more than GATEWAY_JWT_JWKS_MAX_KEYS ({max_keys})",
+            set.keys.len()
+        ));
+    }
+    if set.keys.is_empty() {
+        return Err("the document has no key".into());
+    }
+    let mut keys = Vec::with_capacity(set.keys.len());
+    for jwk in &set.keys {
+        let alg = match (&jwk.common.key_algorithm, &jwk.algorithm) {
+            (Some(KeyAlgorithm::RS256), _) | (None, AlgorithmParameters::RSA(_)) => {
+                Algorithm::RS256
+            }
+            (Some(KeyAlgorithm::ES256), _) => Algorithm::ES256,
+            (None, AlgorithmParameters::EllipticCurve(p)) if p.curve == EllipticCurve::P256 => {
+                Algorithm::ES256
+            }
+            (Some(KeyAlgorithm::HS256), _) | (None, AlgorithmParameters::OctetKey(_)) => {
+                Algorithm::HS256
+            }
+            (a, _) => {
+                return Err(format!(
+                    "key {:?}: only RS256, ES256 (P-256) and HS256 keys are accepted, not {a:?}",
+                    jwk.common.key_id
+                ))
+            }
+        };
+        let key =
+            DecodingKey::from_jwk(jwk).map_err(|e| format!("key {:?}: {e}", jwk.common.key_id))?;
+        keys.push(Key {
+            kid: jwk.common.key_id.clone(),
+            alg,
+            key,
+        });
+    }
+    Ok(keys)
 }
 
 /// A scope claim: `"*"`, one value, or a list of values (`"*"` among them grants all).

@@ -221,6 +221,42 @@ pub struct GatewayArgs {
     /// A JWKS document (`{"keys":[...]}`) of RS256, ES256 or HS256 keys, matched by `kid`.
     #[arg(long = "jwt-jwks-file", env = "GATEWAY_JWT_JWKS_FILE")]
     pub jwt_jwks_file: Option<std::path::PathBuf>,
+    /// A URL (https://, or http:// on a loopback host) of a JWKS document, fetched at start
+    /// (the gateway is not ready until it has keys) and again every
+    /// GATEWAY_JWT_JWKS_REFRESH_SECS; a failed or bad fetch keeps the last good keys.
+    #[arg(long = "jwt-jwks-url", env = "GATEWAY_JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+    /// A CA bundle (PEM) trusted for GATEWAY_JWT_JWKS_URL besides the system's.
+    #[arg(long = "jwt-jwks-ca-file", env = "GATEWAY_JWT_JWKS_CA_FILE")]
+    pub jwt_jwks_ca_file: Option<std::path::PathBuf>,
+    /// Seconds between fetches of GATEWAY_JWT_JWKS_URL.
+    #[arg(
+        long = "jwt-jwks-refresh-secs",
+        env = "GATEWAY_JWT_JWKS_REFRESH_SECS",
+        default_value_t = 300
+    )]
+    pub jwt_jwks_refresh_secs: u64,
+    /// Deadline of one fetch of GATEWAY_JWT_JWKS_URL, in milliseconds.
+    #[arg(
+        long = "jwt-jwks-timeout-ms",
+        env = "GATEWAY_JWT_JWKS_TIMEOUT_MS",
+        default_value_t = 5000
+    )]
+    pub jwt_jwks_timeout_ms: u64,
+    /// A fetched JWKS document larger than this is refused.
+    #[arg(
+        long = "jwt-jwks-max-bytes",
+        env = "GATEWAY_JWT_JWKS_MAX_BYTES",
+        default_value_t = 256 * 1024
+    )]
+    pub jwt_jwks_max_bytes: usize,
+    /// A fetched JWKS document with more keys than this is refused.
+    #[arg(
+        long = "jwt-jwks-max-keys",
+        env = "GATEWAY_JWT_JWKS_MAX_KEYS",
+        default_value_t = 32
+    )]
+    pub jwt_jwks_max_keys: usize,
     /// The `iss` a token must carry (unset: not checked).
     #[arg(long = "jwt-issuer", env = "GATEWAY_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
@@ -534,17 +570,109 @@ pub enum AuthMode {
     Off {
         explicit: bool,
     },
-    Jwt(crate::auth::JwtSettings),
+    Jwt(Box<crate::auth::JwtSettings>),
 }
 
 impl GatewayArgs {
+    /// `GATEWAY_JWT_JWKS_URL` and its bounds; `Err` when one is wrong (pushed to `errors`).
+    fn jwks_url(&self, errors: &mut ConfigErrors) -> Option<Option<crate::auth::JwksUrl>> {
+        let Some(raw) = self.jwt_jwks_url.as_deref().map(str::trim) else {
+            if self.jwt_jwks_ca_file.is_some() {
+                errors.push(ConfigError::new(
+                    "GATEWAY_JWT_JWKS_CA_FILE",
+                    "jwt-jwks-ca-file",
+                    "is for GATEWAY_JWT_JWKS_URL, which is not set",
+                ));
+                return None;
+            }
+            return Some(None);
+        };
+        let bad = |errors: &mut ConfigErrors, env: &'static str, flag: &str, m: String| {
+            errors.push(ConfigError::new(env, flag, m));
+            None
+        };
+        let url = match reqwest::Url::parse(raw) {
+            Ok(u) => u,
+            Err(e) => {
+                return bad(
+                    errors,
+                    "GATEWAY_JWT_JWKS_URL",
+                    "jwt-jwks-url",
+                    format!("{raw:?} is not a URL: {e}"),
+                )
+            }
+        };
+        let loopback = url.host_str().is_some_and(|h| {
+            h == "localhost"
+                || h.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|a| a.is_loopback())
+        });
+        match url.scheme() {
+            "https" => {}
+            "http" if loopback => {}
+            "http" => {
+                return bad(
+                    errors,
+                    "GATEWAY_JWT_JWKS_URL",
+                    "jwt-jwks-url",
+                    format!(
+                        "{raw:?}: keys over plain http can be replaced on the way; use https \
+                         (http is accepted on a loopback host only)"
+                    ),
+                )
+            }
+            other => {
+                return bad(
+                    errors,
+                    "GATEWAY_JWT_JWKS_URL",
+                    "jwt-jwks-url",
+                    format!("{raw:?}: the scheme must be https, not {other}"),
+                )
+            }
+        }
+        if self.jwt_jwks_refresh_secs == 0 {
+            return bad(
+                errors,
+                "GATEWAY_JWT_JWKS_REFRESH_SECS",
+                "jwt-jwks-refresh-secs",
+                "must be at least 1".into(),
+            );
+        }
+        if self.jwt_jwks_timeout_ms == 0 {
+            return bad(
+                errors,
+                "GATEWAY_JWT_JWKS_TIMEOUT_MS",
+                "jwt-jwks-timeout-ms",
+                "must be at least 1".into(),
+            );
+        }
+        if self.jwt_jwks_max_bytes < 64 || self.jwt_jwks_max_keys == 0 {
+            return bad(
+                errors,
+                "GATEWAY_JWT_JWKS_MAX_BYTES",
+                "jwt-jwks-max-bytes",
+                "GATEWAY_JWT_JWKS_MAX_BYTES must be at least 64 and GATEWAY_JWT_JWKS_MAX_KEYS at least 1".into(),
+            );
+        }
+        Some(Some(crate::auth::JwksUrl {
+            url,
+            ca_file: self.jwt_jwks_ca_file.clone(),
+            refresh: Duration::from_secs(self.jwt_jwks_refresh_secs),
+            timeout: Duration::from_millis(self.jwt_jwks_timeout_ms),
+            max_bytes: self.jwt_jwks_max_bytes,
+            max_keys: self.jwt_jwks_max_keys,
+        }))
+    }
+
     fn auth_settings(
         &self,
         listen: &Result<SocketAddr, ()>,
         errors: &mut ConfigErrors,
     ) -> Option<AuthMode> {
         let mode = match self.auth.as_deref().map(str::trim) {
-            Some("jwt") => AuthMode::Jwt(crate::auth::JwtSettings {
+            Some("jwt") => AuthMode::Jwt(Box::new(crate::auth::JwtSettings {
                 hs256_secret_file: self.jwt_hs256_secret_file.clone(),
                 public_key_files: self
                     .jwt_public_key_files
@@ -554,12 +682,13 @@ impl GatewayArgs {
                     .map(std::path::PathBuf::from)
                     .collect(),
                 jwks_file: self.jwt_jwks_file.clone(),
+                jwks_url: self.jwks_url(errors)?,
                 issuer: self.jwt_issuer.clone(),
                 audience: self.jwt_audience.clone(),
                 leeway_secs: self.jwt_leeway_secs,
                 tenants_claim: self.jwt_tenants_claim.clone(),
                 types_claim: self.jwt_types_claim.clone(),
-            }),
+            })),
             Some("none") => AuthMode::Off { explicit: true },
             None => match listen {
                 Ok(a) if !a.ip().is_loopback() => {
@@ -586,7 +715,7 @@ impl GatewayArgs {
             }
         };
         if let AuthMode::Jwt(j) = &mode {
-            if let Err(e) = crate::auth::Authenticator::load(j.clone()) {
+            if let Err(e) = crate::auth::Authenticator::load((**j).clone()) {
                 let flag = e.setting["GATEWAY_".len()..]
                     .to_ascii_lowercase()
                     .replace('_', "-");

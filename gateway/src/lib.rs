@@ -122,6 +122,43 @@ pub async fn run(
     let http = tokio::spawn(dashstream::http::serve(listener, ops, http_stop.clone()));
     let ops_http = ops_http
         .map(|(l, state)| tokio::spawn(dashstream::http::serve(l, state, http_stop.clone())));
+    // Keys first: with GATEWAY_JWT_JWKS_URL the gateway stays unready (and /ws answers 503)
+    // until it has fetched a good document, then keeps it fresh in the background.
+    let auth = match &settings.auth {
+        config::AuthMode::Jwt(j) => Some(Arc::new(
+            auth::Authenticator::load((**j).clone())
+                .map_err(|e| GatewayError::Config(e.to_string()))?,
+        )),
+        config::AuthMode::Off { .. } => None,
+    };
+    if let Some(a) = auth.as_ref().filter(|a| a.fetches_keys()) {
+        let mut wait = Duration::from_millis(500);
+        loop {
+            match a.fetch_keys().await {
+                Ok(n) => {
+                    auth::record_fetch(&metrics, Some(n));
+                    tracing::info!(keys = n, "JWKS fetched");
+                    break;
+                }
+                Err(e) => {
+                    auth::record_fetch(&metrics, None);
+                    tracing::warn!(error = %e, "GATEWAY_JWT_JWKS_URL: no keys yet; retrying");
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    http_stop.cancel();
+                    return Ok(());
+                }
+                _ = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(Duration::from_secs(10));
+        }
+        tokio::spawn(
+            a.clone()
+                .keep_keys_fresh(metrics.clone(), http_stop.clone()),
+        );
+    }
     let block = Duration::from_millis(1000);
     let connect = |blocking: bool| {
         let redis = settings.redis.clone();
@@ -224,12 +261,7 @@ pub async fn run(
         ),
         settings: settings.ws.clone(),
         drain: drain.clone(),
-        auth: match &settings.auth {
-            config::AuthMode::Jwt(j) => Some(Arc::new(
-                auth::Authenticator::load(j.clone()).expect("keys checked at start-up"),
-            )),
-            config::AuthMode::Off { .. } => None,
-        },
+        auth,
         allowed_origins: settings.allowed_origins.clone(),
     });
     let _ = gateway_cell.set(gateway);

@@ -45,6 +45,12 @@ pub struct Metrics {
     pub stream_rollbacks: IntCounterVec,
     /// Tokens refused (at the upgrade or in an `auth` frame), by [`AUTH_FAILURES`] reason.
     pub auth_failures: IntCounterVec,
+    /// Fetches of `GATEWAY_JWT_JWKS_URL`, by result (`ok`, `error`).
+    pub jwks_fetches: IntCounterVec,
+    /// Keys in the last JWKS document fetched.
+    pub jwks_keys: IntGauge,
+    /// When a JWKS fetch last succeeded, in seconds since the epoch (0: never).
+    pub jwks_last_success: Gauge,
 }
 
 /// Why a stream is not the history read so far though its epoch is the same:
@@ -154,6 +160,9 @@ impl Metrics {
                     .buckets(exponential_buckets(0.0001, 2.0, 18)?),
             )?,
             stream_rollbacks: cv("stream_rollbacks_total", "Streams found gone back within their epoch (rolled back, or their key lost while the meta stayed): the partition is reset for clients, by reason (rolled_back, stream_lost)", &["reason"])?,
+            jwks_fetches: cv("jwks_fetches_total", "Fetches of the JWKS document at GATEWAY_JWT_JWKS_URL, by result (ok, error: unreachable, an HTTP error, too large, not a JWKS document or too many keys; the last good keys stay in use)", &["result"])?,
+            jwks_keys: IntGauge::with_opts(Opts::new("jwks_keys", "Keys of the JWKS document in use (from GATEWAY_JWT_JWKS_URL)").namespace(NS))?,
+            jwks_last_success: Gauge::with_opts(Opts::new("jwks_last_success_timestamp_seconds", "When a fetch of GATEWAY_JWT_JWKS_URL last succeeded, seconds since the epoch (0: never)").namespace(NS))?,
             auth_failures: cv("auth_failures_total", "Tokens refused, at the upgrade or in an auth frame, by reason (missing, malformed, bad_algorithm, bad_signature, expired, not_yet_valid, bad_issuer, bad_audience, forbidden)", &["reason"])?,
         };
         registry.register(Box::new(m.connected_clients.clone()))?;
@@ -183,6 +192,9 @@ impl Metrics {
         registry.register(Box::new(m.history_wait.clone()))?;
         registry.register(Box::new(m.stream_rollbacks.clone()))?;
         registry.register(Box::new(m.auth_failures.clone()))?;
+        registry.register(Box::new(m.jwks_fetches.clone()))?;
+        registry.register(Box::new(m.jwks_keys.clone()))?;
+        registry.register(Box::new(m.jwks_last_success.clone()))?;
         m.upgrades.with_label_values(&["accepted", "ok"]);
         for r in REJECT_REASONS {
             m.upgrades.with_label_values(&["rejected", r]);
@@ -210,6 +222,9 @@ impl Metrics {
         }
         for r in AUTH_FAILURES {
             m.auth_failures.with_label_values(&[r]);
+        }
+        for r in ["ok", "error"] {
+            m.jwks_fetches.with_label_values(&[r]);
         }
         let _ = registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
