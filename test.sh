@@ -5,8 +5,9 @@
 #   2. starts Kafka and Redis on free local ports (or reuses the ones already running),
 #   3. checks the monitoring rules (promtool), formatting and lints, then runs the unit and
 #      integration tests (with the metrics contract and a real Prometheus scrape), and the live
-#      viewer's test in headless Chromium through an nginx load balancer, and every fuzz
-#      target for a bounded time (fuzz/run.sh),
+#      viewer's test in headless Chromium through an nginx load balancer, every fuzz
+#      target for a bounded time (fuzz/run.sh), and a short Locust smoke of the fan-out and
+#      resume-storm load tests (load-tests/run.sh),
 #   4. stops the services again if it started them.
 # Each integration test creates its own topic, consumer group and Redis key prefix, and has
 # its own deadline.
@@ -47,6 +48,12 @@ log "cargo test (unit and integration tests against the real Kafka and Redis)"
 cargo test --workspace --locked -- --test-threads=2
 log "fuzzing: the record decoder, the cursor, client frames and the /ws query (FUZZ_SECONDS each)"
 fuzz/run.sh
+log "load-test smoke: fan-out and resume storm through nginx (Locust; docs/LOAD-TESTS.md)"
+# Small and short: these check correctness under load (no hole, no duplicate, every user
+# resumed after a replica is killed); the latency bound is loose for debug builds on a shared
+# machine. Full runs and their figures: docs/LOAD-TESTS.md.
+load-tests/run.sh fanout --profile debug --users 20 --duration 30 --rate 100 --max-p99-ms 5000
+load-tests/run.sh resume-storm --profile debug --users 20 --duration 30 --rate 100
 log "browser test: the live viewer in headless Chromium, through the load balancer"
 tests/browser/run.sh
 log "all tests passed"

@@ -1,0 +1,371 @@
+"""What every DashStream load-test scenario shares: a Locust user that holds one WebSocket
+connection to the gateway (through the load balancer), checks everything it receives, resumes
+from its last cursor when the connection ends, and reports to Locust.
+
+Checks, per user and partition: offsets strictly increasing and contiguous (the synthetic
+producer writes one event per record, so offset o+1 follows o) unless a `gap` frame names the
+missing range, and no event twice. With a filter only the order is checked (the filter skips
+offsets) and every event must match it.
+
+Reported as Locust request types (they appear in the report's tables and charts):
+  WS  connect        time from the TCP connect to the `welcome` frame
+  WS  resume         time from losing the connection to the `welcome` of the resumed one
+  WS  frame          one per frame received (length: its bytes)
+  WS  event latency  one per event: now minus the producer's `timestamp_us`
+  WS  hole / duplicate / filter mismatch / gap   failures, one per finding, named in the text
+Counters that thresholds need (holes, duplicates, users that resumed, ...) are summed over the
+workers of a distributed run (report_to_master / worker_report) and written by the master to
+`$DSLOAD_OUT/custom.json` when the run ends.
+
+Settings come from the environment, so that the runner passes them to every worker alike:
+DSLOAD_TOKEN (a JWT for every tenant), DSLOAD_QUERY (extra query parameters),
+DSLOAD_CONTIGUOUS (0: order checks only), DSLOAD_OUT.
+"""
+
+import json
+import os
+import threading
+import time
+import urllib.parse
+
+import gevent
+import websocket
+from locust import User, events, task
+
+TOKEN = os.environ.get("DSLOAD_TOKEN", "")
+OUT = os.environ.get("DSLOAD_OUT", ".")
+# DSLOAD_CONTIGUOUS=0: check the order only (a producer whose offsets have holes of its own:
+# transactions, records sent to the DLQ, a filter in DSLOAD_QUERY).
+CONTIGUOUS = os.environ.get("DSLOAD_CONTIGUOUS", "1") != "0"
+
+# Counters of this process; a worker sends its deltas to the master at each report.
+_lock = threading.Lock()
+COUNTERS = {
+    "users_started": 0,
+    "connect_errors": 0,
+    "disconnects": 0,
+    "resumes": 0,
+    "resume_errors": 0,
+    "frames": 0,
+    "events": 0,
+    "holes": 0,
+    "hole_events": 0,
+    "duplicates": 0,
+    "gaps": 0,
+    "filter_mismatches": 0,
+    "max_resume_ms": 0.0,
+    "last_resume_at": 0.0,
+}
+# Per-phase latency samples kept for thresholds a scenario computes itself (slow consumers):
+# name -> list of milliseconds (bounded: at most LAT_SAMPLES_MAX per name and process).
+LAT_SAMPLES = {}
+LAT_SAMPLES_MAX = 200_000
+# Scenario-specific lists (filters: per-user findings), merged by concatenation.
+LISTS = {}
+
+
+def count(name, n=1):
+    with _lock:
+        COUNTERS[name] = COUNTERS.get(name, 0) + n
+
+
+def maximum(name, v):
+    with _lock:
+        COUNTERS[name] = max(COUNTERS.get(name, 0), v)
+
+
+def sample(name, ms):
+    with _lock:
+        lst = LAT_SAMPLES.setdefault(name, [])
+        if len(lst) < LAT_SAMPLES_MAX:
+            lst.append(ms)
+
+
+def append(name, item):
+    with _lock:
+        LISTS.setdefault(name, []).append(item)
+
+
+def _snapshot_and_reset():
+    with _lock:
+        snap = {"counters": dict(COUNTERS), "samples": LAT_SAMPLES.copy(), "lists": LISTS.copy()}
+        for k in COUNTERS:
+            if not k.startswith(("max_", "last_")):
+                COUNTERS[k] = 0
+        LAT_SAMPLES.clear()
+        LISTS.clear()
+    return snap
+
+
+_merged = {"counters": {}, "samples": {}, "lists": {}}
+
+# Set when the test starts stopping: users still run for Locust's stop timeout, but what they
+# receive then is neither counted nor reported, so that both tallies end at the same point.
+STOPPING = [False]
+
+
+@events.test_stopping.add_listener
+def _stopping(environment, **_kw):
+    STOPPING[0] = True
+
+
+def _merge(snap):
+    c = _merged["counters"]
+    for k, v in snap["counters"].items():
+        if k.startswith(("max_", "last_")):
+            c[k] = max(c.get(k, 0), v)
+        else:
+            c[k] = c.get(k, 0) + v
+    for k, v in snap["samples"].items():
+        _merged["samples"].setdefault(k, []).extend(v)
+    for k, v in snap["lists"].items():
+        _merged["lists"].setdefault(k, []).extend(v)
+
+
+@events.report_to_master.add_listener
+def _report_to_master(client_id, data, **_kw):
+    data["dsload"] = _snapshot_and_reset()
+
+
+@events.worker_report.add_listener
+def _worker_report(client_id, data, **_kw):
+    if "dsload" in data:
+        _merge(data["dsload"])
+
+
+@events.quitting.add_listener
+def _write_custom(environment, **_kw):
+    from locust.runners import WorkerRunner
+
+    if isinstance(environment.runner, WorkerRunner):
+        return
+    _merge(_snapshot_and_reset())
+    with open(os.path.join(OUT, "custom.json"), "w") as f:
+        json.dump(_merged, f)
+
+
+def ws_base(host):
+    """The gateway's /ws URL from Locust's --host (http(s):// or ws(s)://, with or without /ws)."""
+    u = host.rstrip("/")
+    if u.startswith("http://"):
+        u = "ws://" + u[len("http://"):]
+    elif u.startswith("https://"):
+        u = "wss://" + u[len("https://"):]
+    if not u.endswith("/ws"):
+        u += "/ws"
+    return u
+
+
+class Stream:
+    """What one user has received: per partition the last (offset, index), for the checks."""
+
+    def __init__(self, contiguous):
+        self.contiguous = contiguous
+        self.last = {}
+        self.cursor = None
+        self.events = 0
+
+    def gap(self, missed):
+        for m in missed:
+            p, to = m["partition"], m["to"]
+            if to is None or to < 0:
+                self.last.pop(p, None)
+            else:
+                self.last[p] = (to, 1 << 30)
+
+    def event(self, p, o, i):
+        """None when in order; else ("hole", n missing) or ("duplicate", 0)."""
+        prev = self.last.get(p)
+        self.events += 1
+        if prev is None:
+            self.last[p] = (o, i)
+            return None
+        po, pi = prev
+        if (o, i) <= (po, pi):
+            return ("duplicate", 0)
+        self.last[p] = (o, i)
+        if not self.contiguous:
+            return None
+        if o == po and i == pi + 1:
+            return None
+        if o == po + 1 and i == 1:
+            return None
+        if o > po + 1:
+            return ("hole", o - po - 1)
+        return ("hole", 1)
+
+
+class StreamUser(User):
+    """One WebSocket connection; subclasses set `query`, `contiguous`, and may override
+    `on_event` / `reading` to model their clients."""
+
+    abstract = True
+    query = "from=latest"
+    contiguous = True
+    # Seconds without a frame after which the user reconnects (the gateway sends frames at
+    # least every few seconds while events flow).
+    idle_timeout = 30.0
+
+    def __init__(self, environment):
+        super().__init__(environment)
+        self.ws_url = ws_base(self.host or "ws://127.0.0.1:8080")
+        self.stream = Stream(self.contiguous and CONTIGUOUS)
+        self.ws = None
+        self.token = TOKEN
+        self.lost_at = None
+
+    # --- reporting
+    def fire(self, name, ms=0.0, length=0, exc=None):
+        self.environment.events.request.fire(
+            request_type="WS",
+            name=name,
+            response_time=ms,
+            response_length=length,
+            exception=exc,
+            context={},
+        )
+
+    # --- connection
+    def url(self):
+        q = self.query
+        extra = os.environ.get("DSLOAD_QUERY", "")
+        if extra:
+            q = f"{q}&{extra}" if q else extra
+        if self.stream.cursor:
+            params = [kv for kv in q.split("&") if kv and not kv.startswith("from=")]
+            params.insert(0, "from=" + urllib.parse.quote(self.stream.cursor, safe=""))
+            q = "&".join(params)
+        return f"{self.ws_url}?{q}"
+
+    def connect(self):
+        headers = [f"Authorization: Bearer {self.token}"] if self.token else []
+        start = time.time()
+        resuming = self.stream.cursor is not None
+        try:
+            ws = websocket.create_connection(
+                self.url(), header=headers, timeout=self.idle_timeout, enable_multithread=False
+            )
+            first = json.loads(ws.recv())
+            if first.get("type") != "welcome":
+                raise RuntimeError(f"first frame is not welcome: {first}")
+        except Exception as e:  # noqa: BLE001 - every failure is reported, then retried
+            ms = (time.time() - start) * 1000
+            if resuming:
+                count("resume_errors")
+                self.fire("resume", ms, exc=e)
+            else:
+                count("connect_errors")
+                self.fire("connect", ms, exc=e)
+            return False
+        self.ws = ws
+        if first.get("cursor"):
+            self.stream.cursor = first["cursor"]
+        now = time.time()
+        if resuming and self.lost_at is not None:
+            ms = (now - self.lost_at) * 1000
+            self.fire("resume", ms)
+            count("resumes")
+            maximum("max_resume_ms", ms)
+            maximum("last_resume_at", now)
+            self.lost_at = None
+        else:
+            self.fire("connect", (now - start) * 1000)
+        return True
+
+    def lost(self, why):
+        if self.ws is not None:
+            try:
+                self.ws.close()
+            except Exception:  # noqa: BLE001
+                pass
+        self.ws = None
+        if self.lost_at is None:
+            self.lost_at = time.time()
+            count("disconnects")
+        self.on_lost(why)
+
+    def on_lost(self, why):
+        pass
+
+    # --- receiving
+    def reading(self):
+        """False while this user deliberately does not read (slow consumers)."""
+        return True
+
+    def on_event(self, ev, latency_ms):
+        pass
+
+    def handle(self, raw):
+        if STOPPING[0]:
+            return
+        frame = json.loads(raw)
+        t = frame.get("type")
+        count("frames")
+        self.fire("frame", 0, len(raw))
+        if t == "events":
+            now_us = time.time() * 1_000_000
+            for ev in frame["events"]:
+                verdict = self.stream.event(ev["partition"], ev["offset"], ev["index"])
+                lat = (now_us - ev["timestamp_us"]) / 1000.0
+                self.fire("event latency", lat)
+                count("events")
+                self.on_event(ev, lat)
+                if verdict is not None:
+                    kind, n = verdict
+                    where = f"partition {ev['partition']} offset {ev['offset']} index {ev['index']}"
+                    if kind == "hole":
+                        count("holes")
+                        count("hole_events", n)
+                        self.fire("hole", 0, exc=RuntimeError(f"hole of {n} before {where}"))
+                    else:
+                        count("duplicates")
+                        self.fire("duplicate", 0, exc=RuntimeError(f"duplicate or reorder at {where}"))
+            self.stream.cursor = frame["cursor"]
+        elif t == "gap":
+            count("gaps")
+            self.stream.gap(frame["missed"])
+            self.stream.cursor = frame["cursor"]
+            self.fire("gap", 0, exc=RuntimeError(f"gap ({frame['reason']}): {frame['missed']}"))
+        elif t == "reconnect":
+            self.stream.cursor = frame["cursor"]
+            raise websocket.WebSocketConnectionClosedException(f"reconnect: {frame['reason']}")
+
+    def on_start(self):
+        count("users_started")
+
+    def on_stop(self):
+        if self.ws is not None:
+            try:
+                self.ws.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+    # One task that never returns: the user reads until Locust stops it (a greenlet kill).
+    @task
+    def stream_forever(self):
+        backoff = 0.1
+        while True:
+            if self.ws is None:
+                if not self.connect():
+                    gevent.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+                    continue
+                backoff = 0.1
+            if not self.reading():
+                gevent.sleep(0.2)
+                continue
+            try:
+                raw = self.ws.recv()
+            except websocket.WebSocketTimeoutException:
+                self.lost("idle")
+                continue
+            except Exception as e:  # noqa: BLE001 - closed, reset, killed replica
+                self.lost(str(e))
+                continue
+            if not raw:
+                self.lost("closed")
+                continue
+            try:
+                self.handle(raw)
+            except websocket.WebSocketConnectionClosedException as e:
+                self.lost(str(e))
