@@ -9,7 +9,7 @@
 # threshold fails.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=../deploy/local/lib.sh
+# shellcheck source-path=SCRIPTDIR source=../deploy/local/lib.sh
 source "$here/../deploy/local/lib.sh"
 venv="${DSLOAD_VENV:-$here/.venv}"
 stamp="$venv/.requirements"

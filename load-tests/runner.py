@@ -314,48 +314,35 @@ def plot(prefix, out, samples):
                 lat.append((t, num(r, "50%"), num(r, "95%"), num(r, "99%"), num(r, "Requests/s")))
             elif r["Name"] == "Aggregated":
                 agg.append((t, num(r, "User Count")))
+    def chart(name, title, ylabel, series):
+        """One PNG: `series` is [(label or None, xs, ys)]."""
+        fig, ax = plt.subplots(figsize=(9, 4))
+        for label, xs, ys in series:
+            ax.plot(xs, ys, label=label)
+        ax.set_xlabel("seconds")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        if any(label for label, _, _ in series):
+            ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / name)
+        plt.close(fig)
+        made.append(name)
+
     made = []
     if lat:
         t0 = lat[0][0]
-        fig, ax = plt.subplots(figsize=(9, 4))
-        for i, label in ((1, "p50"), (2, "p95"), (3, "p99")):
-            ax.plot([x[0] - t0 for x in lat], [x[i] for x in lat], label=label)
-        ax.set_xlabel("seconds")
-        ax.set_ylabel("producer-to-client latency, ms")
-        ax.set_title("Event latency percentiles (Locust's rolling window)")
-        ax.legend()
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out / "latency.png")
-        plt.close(fig)
-        fig, ax = plt.subplots(figsize=(9, 4))
-        ax.plot([x[0] - t0 for x in lat], [x[4] for x in lat])
-        ax.set_xlabel("seconds")
-        ax.set_ylabel("events/s received, all users")
-        ax.set_title("Events received per second")
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out / "events.png")
-        plt.close(fig)
-        made += ["latency.png", "events.png"]
+        ts = [x[0] - t0 for x in lat]
+        chart("latency.png", "Event latency percentiles (Locust's rolling window)", "producer-to-client latency, ms",
+              [(label, ts, [x[i] for x in lat]) for i, label in ((1, "p50"), (2, "p95"), (3, "p99"))])
+        chart("events.png", "Events received per second", "events/s received, all users", [(None, ts, [x[4] for x in lat])])
     if agg or samples:
-        t0 = (agg[0][0] if agg else samples[0][0])
-        fig, ax = plt.subplots(figsize=(9, 4))
-        if agg:
-            ax.plot([x[0] - t0 for x in agg], [x[1] for x in agg], label="Locust users")
-        if samples:
-            names = sorted({n for _, per in samples for n in per})
-            for n in names:
-                ax.plot([t - t0 for t, per in samples], [per.get(n, (0, 0, 0))[0] for _, per in samples], label=f"{n} connections")
-        ax.set_xlabel("seconds")
-        ax.set_ylabel("connections")
-        ax.set_title("Connections over time")
-        ax.legend()
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out / "connections.png")
-        plt.close(fig)
-        made.append("connections.png")
+        t0 = agg[0][0] if agg else samples[0][0]
+        series = [("Locust users", [x[0] - t0 for x in agg], [x[1] for x in agg])] if agg else []
+        for n in sorted({n for _, per in samples for n in per}):
+            series.append((f"{n} connections", [t - t0 for t, _ in samples], [per.get(n, (0, 0, 0))[0] for _, per in samples]))
+        chart("connections.png", "Connections over time", "connections", series)
     return made
 
 
@@ -363,7 +350,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("scenario", choices=sorted(SCENARIOS + list(ALIASES)))
     ap.add_argument("--users", type=int, help="users (connections); default per scenario")
-    ap.add_argument("--rate", type=float, default=200, help="producer events/s (local stack)")
+    ap.add_argument("--rate", type=float, help="producer events/s (local stack; default 200, 50 for connection-ramp)")
     ap.add_argument("--duration", type=int, help="seconds; default per scenario")
     ap.add_argument("--spawn-rate", type=float, help="users started per second")
     ap.add_argument("--workers", type=int, default=0, help="run distributed: one master and K local workers")
@@ -393,6 +380,8 @@ def main():
         "filters": (60, 45),
     }[scenario]
     users = args.users or defaults[0]
+    if args.rate is None:
+        args.rate = 50.0 if scenario == "connection_ramp" else 200.0
     spawn_rate = args.spawn_rate or (100.0 if scenario == "connection_ramp" else max(10.0, users / 10.0))
     if scenario == "connection_ramp":
         duration = int(users / spawn_rate * 2 + args.hold + 15)
