@@ -210,6 +210,7 @@ class Stack:
                 GATEWAY_MAX_CONNECTIONS="50000",
                 GATEWAY_UPGRADE_RATE_PER_IP="0",
             )
+            env.update(self.args.gateway_env)
             p = self.procs.start(f"gateway-{i}", [str(self.bin / "gateway")], env, logs / f"gateway-{i}.log")
             self.gateways.append((f"gateway-{i}", addr, p))
         for name, addr, p in self.ingests + self.gateways:
@@ -232,7 +233,7 @@ class Stack:
         self.producer = self.procs.start(
             "producer",
             [str(self.bin / "dashstream"), "produce", "--rate", str(self.args.rate), "--threads", "50",
-             "--tenants", "4", "--thread-prefix", "lt"],
+             "--tenants", "4", "--thread-prefix", "lt", "--payload-bytes", str(self.args.payload_bytes)],
             base,
             logs / "producer.log",
         )
@@ -250,6 +251,28 @@ class Stack:
             )
         if self.started_services and not self.args.keep_services:
             subprocess.run([str(ROOT / "deploy/local/services.sh"), "down"], stdout=subprocess.DEVNULL)
+
+    GATEWAY_COUNTERS = (
+        "dashstream_gateway_catchup_switches_total",
+        "dashstream_gateway_live_buffer_sheds_total",
+        "dashstream_gateway_gaps_total",
+        "dashstream_gateway_events_sent_total",
+    )
+
+    def gateway_counters(self):
+        """What the live gateways did for the users (summed): catch-up switches, sheds, gaps,
+        events sent, and disconnects by reason."""
+        total = {}
+        for _, addr, p in self.gateways:
+            if p.poll() is not None:
+                continue
+            _, text = http_get(f"http://{addr}/metrics")
+            for name in self.GATEWAY_COUNTERS:
+                total[name] = total.get(name, 0) + (metric(text, name) or 0)
+            for m in re.finditer(r'^dashstream_gateway_disconnects_total\{reason="([a-z_]+)"\} (\S+)$', text, re.M):
+                key = f"disconnects{{{m.group(1)}}}"
+                total[key] = total.get(key, 0) + float(m.group(2))
+        return {k: int(v) for k, v in total.items() if v}
 
     def connections(self):
         """gateway name -> (connected clients, RSS KiB, pid), for the live ones."""
@@ -351,11 +374,14 @@ def main():
     ap.add_argument("scenario", choices=sorted(SCENARIOS + list(ALIASES)))
     ap.add_argument("--users", type=int, help="users (connections); default per scenario")
     ap.add_argument("--rate", type=float, help="producer events/s (local stack; default 200, 50 for connection-ramp)")
+    ap.add_argument("--payload-bytes", type=int, default=200, help="producer payload size of each event (local stack)")
     ap.add_argument("--duration", type=int, help="seconds; default per scenario")
     ap.add_argument("--spawn-rate", type=float, help="users started per second")
     ap.add_argument("--workers", type=int, default=0, help="run distributed: one master and K local workers")
     ap.add_argument("--partitions", type=int, default=12)
     ap.add_argument("--profile", choices=["release", "debug"], default="release", help="which build of the binaries the local stack runs")
+    ap.add_argument("--gateway-env", action="append", default=[], metavar="NAME=VALUE",
+                    help="a setting for the local gateways (repeatable), e.g. GATEWAY_LIVE_BUFFER_BYTES=2097152")
     ap.add_argument("--build", action="store_true", help="build the binaries even when present")
     ap.add_argument("--keep-services", action="store_true", help="leave Kafka and Redis up if this run started them")
     ap.add_argument("--target", help="a deployed gateway (ws[s]:// or http[s]:// URL of the load balancer): no local stack")
@@ -371,6 +397,11 @@ def main():
     ap.add_argument("--slow-factor", type=float, default=3.0, help="slow consumers: bound on the others' p99 under load / baseline")
     ap.add_argument("--slow-slack-ms", type=float, default=50.0, help="slow consumers: added to the bound (a baseline of a few ms is noise)")
     args = ap.parse_args()
+    try:
+        args.gateway_env = dict(kv.split("=", 1) for kv in args.gateway_env)
+    except ValueError:
+        print("--gateway-env takes NAME=VALUE", file=sys.stderr)
+        return 2
     scenario = ALIASES.get(args.scenario, args.scenario)
     defaults = {
         "fanout": (500, 60),
@@ -471,6 +502,8 @@ def main():
                 killed = {"gateway": name, "connections": clients, "at": time.time()}
                 log(f"SIGKILL {name} (pid {pid}) holding {clients:.0f} connections")
         rc = master.wait()
+        if stack is not None:
+            notes["gateway_counters"] = stack.gateway_counters()
         for w in workers:
             w.wait(timeout=30)
         if rc not in (0, 1):
@@ -506,6 +539,8 @@ def main():
         "users": users,
         "duration_s": duration,
         "producer_rate": args.rate if not args.target else None,
+        "payload_bytes": args.payload_bytes if not args.target else None,
+        "gateway_env": args.gateway_env,
         "workers": args.workers,
         "events_received": int(c.get("events", 0)),
         "frames_received": int(c.get("frames", 0)),
@@ -522,6 +557,7 @@ def main():
         "hole_events": int(c.get("hole_events", 0)),
         "duplicates": int(c.get("duplicates", 0)),
         "gaps": int(c.get("gaps", 0)),
+        "gateway_counters": notes.get("gateway_counters", {}),
     }
     checks = []
 
