@@ -57,7 +57,59 @@ struct KeyServer {
     requests: Arc<AtomicUsize>,
 }
 
+/// One request on `c`: answered with `srv`'s answer, counted.
+async fn answer<C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(srv: KeyServer, mut c: C) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match c.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    srv.requests.fetch_add(1, Ordering::SeqCst);
+    let (status, body) = srv.answer.lock().unwrap().clone();
+    let resp = format!(
+        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = c.write_all(resp.as_bytes()).await;
+    let _ = c.shutdown().await;
+}
+
 impl KeyServer {
+    /// Over TLS with the local server certificate (`deploy/local/tls.sh`: 127.0.0.1).
+    async fn start_tls(status: u16, body: String) -> Self {
+        let s = dashstream_testkit::secure_services();
+        let identity = tokio_native_tls::native_tls::Identity::from_pkcs8(
+            &std::fs::read(s.file("server.pem")).unwrap(),
+            &std::fs::read(s.file("server.key")).unwrap(),
+        )
+        .unwrap();
+        let acceptor = tokio_native_tls::TlsAcceptor::from(
+            tokio_native_tls::native_tls::TlsAcceptor::new(identity).unwrap(),
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let srv = Self {
+            addr: l.local_addr().unwrap().to_string(),
+            answer: Arc::new(Mutex::new((status, body))),
+            requests: Arc::new(AtomicUsize::new(0)),
+        };
+        let s = srv.clone();
+        tokio::spawn(async move {
+            while let Ok((c, _)) = l.accept().await {
+                let (s, acceptor) = (s.clone(), acceptor.clone());
+                tokio::spawn(async move {
+                    // A client that does not trust the certificate ends the handshake.
+                    if let Ok(tls) = acceptor.accept(c).await {
+                        answer(s, tls).await;
+                    }
+                });
+            }
+        });
+        srv
+    }
+
     async fn start(status: u16, body: String) -> Self {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let s = Self {
@@ -67,26 +119,8 @@ impl KeyServer {
         };
         let srv = s.clone();
         tokio::spawn(async move {
-            while let Ok((mut c, _)) = l.accept().await {
-                let srv = srv.clone();
-                tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match c.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    srv.requests.fetch_add(1, Ordering::SeqCst);
-                    let (status, body) = srv.answer.lock().unwrap().clone();
-                    let resp = format!(
-                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = c.write_all(resp.as_bytes()).await;
-                    let _ = c.shutdown().await;
-                });
+            while let Ok((c, _)) = l.accept().await {
+                tokio::spawn(answer(srv.clone(), c));
             }
         });
         s
@@ -273,6 +307,44 @@ async fn unknown_kids_wake_the_refresher_at_most_once_per_interval() {
             "one fetch at start, one for all the unknown kids"
         );
         gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_over_https_are_fetched_only_with_the_ca_that_signed_the_server() {
+    deadline(60, async {
+        use dashstream_gateway::auth::{Authenticator, JwksUrl, JwtSettings};
+        let s = dashstream_testkit::secure_services();
+        let keys = KeyServer::start_tls(200, jwks(&["k1", "k2"])).await;
+        let auth = |ca: &str| {
+            Authenticator::load(JwtSettings {
+                jwks_url: Some(JwksUrl {
+                    url: format!("https://{}/jwks.json", keys.addr).parse().unwrap(),
+                    ca_file: Some(s.file(ca)),
+                    refresh: Duration::from_secs(300),
+                    timeout: Duration::from_secs(5),
+                    max_bytes: 65536,
+                    max_keys: 8,
+                }),
+                tenants_claim: "tenants".into(),
+                ..Default::default()
+            })
+            .unwrap()
+        };
+        let trusted = auth("ca.pem");
+        assert_eq!(trusted.fetch_keys().await, Ok(2));
+        assert!(trusted.verify(&token("k2")).is_ok());
+        let rogue = auth("rogue-ca.pem");
+        let e = rogue.fetch_keys().await.unwrap_err();
+        assert!(e.contains("cannot fetch"), "{e}");
+        assert_eq!(rogue.remote_keys(), 0);
+        assert!(rogue.verify(&token("k1")).is_err());
+        assert_eq!(
+            keys.requests(),
+            1,
+            "the untrusted handshake never sent the request"
+        );
     })
     .await;
 }
