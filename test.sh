@@ -52,6 +52,7 @@ log "load-test smoke: fan-out and resume storm through nginx (Locust; docs/LOAD-
 # Small and short: these check correctness under load (no hole, no duplicate, every user
 # resumed after a replica is killed); the latency bound is loose for debug builds on a shared
 # machine. Full runs and their figures: docs/LOAD-TESTS.md.
+load-tests/run.sh selftest
 load-tests/run.sh fanout --profile debug --users 20 --duration 30 --rate 100 --max-p99-ms 5000
 load-tests/run.sh resume-storm --profile debug --users 20 --duration 30 --rate 100
 log "browser test: the live viewer in headless Chromium, through the load balancer"

@@ -13,9 +13,8 @@ Reported as Locust request types (they appear in the report's tables and charts)
   WS  frame          one per frame received (length: its bytes)
   WS  event latency  one per event: now minus the producer's `timestamp_us`
   WS  hole / duplicate / filter mismatch / gap   failures, one per finding, named in the text
-Counters that thresholds need (holes, duplicates, users that resumed, ...) are summed over the
-workers of a distributed run (report_to_master / worker_report) and written by the master to
-`$DSLOAD_OUT/custom.json` when the run ends.
+Counters that thresholds need (holes, duplicates, users that resumed, ...) are written by every
+Locust process to `$DSLOAD_OUT/custom-<role>-<pid>.json` when it quits, and summed by the runner.
 
 Settings come from the environment, so that the runner passes them to every worker alike:
 DSLOAD_TOKEN (a JWT for every tenant), DSLOAD_QUERY (extra query parameters),
@@ -32,6 +31,7 @@ import urllib.parse
 import gevent
 import websocket
 from locust import User, events, task
+from locust.exception import StopUser
 
 TOKEN = os.environ.get("DSLOAD_TOKEN", "")
 OUT = os.environ.get("DSLOAD_OUT", ".")
@@ -39,7 +39,7 @@ OUT = os.environ.get("DSLOAD_OUT", ".")
 # transactions, records sent to the DLQ, a filter in DSLOAD_QUERY).
 CONTIGUOUS = os.environ.get("DSLOAD_CONTIGUOUS", "1") != "0"
 
-# Counters of this process; a worker sends its deltas to the master at each report.
+# Counters of this process (written at quit; the runner sums the processes').
 _lock = threading.Lock()
 COUNTERS = {
     "users_started": 0,
@@ -54,6 +54,7 @@ COUNTERS = {
     "duplicates": 0,
     "gaps": 0,
     "filter_mismatches": 0,
+    "protocol_errors": 0,
     "max_resume_ms": 0.0,
     "last_resume_at": 0.0,
 }
@@ -87,21 +88,8 @@ def append(name, item):
         LISTS.setdefault(name, []).append(item)
 
 
-def _snapshot_and_reset():
-    with _lock:
-        snap = {"counters": dict(COUNTERS), "samples": LAT_SAMPLES.copy(), "lists": LISTS.copy()}
-        for k in COUNTERS:
-            if not k.startswith(("max_", "last_")):
-                COUNTERS[k] = 0
-        LAT_SAMPLES.clear()
-        LISTS.clear()
-    return snap
-
-
-_merged = {"counters": {}, "samples": {}, "lists": {}}
-
-# Set when the test starts stopping: users still run for Locust's stop timeout, but what they
-# receive then is neither counted nor reported, so that both tallies end at the same point.
+# Set when the test starts stopping: what users receive afterwards is neither counted nor
+# reported, so that this process's tallies and Locust's end at the same point.
 STOPPING = [False]
 
 
@@ -110,39 +98,30 @@ def _stopping(environment, **_kw):
     STOPPING[0] = True
 
 
-def _merge(snap):
-    c = _merged["counters"]
-    for k, v in snap["counters"].items():
-        if k.startswith(("max_", "last_")):
-            c[k] = max(c.get(k, 0), v)
-        else:
-            c[k] = c.get(k, 0) + v
-    for k, v in snap["samples"].items():
-        _merged["samples"].setdefault(k, []).extend(v)
-    for k, v in snap["lists"].items():
-        _merged["lists"].setdefault(k, []).extend(v)
-
-
-@events.report_to_master.add_listener
-def _report_to_master(client_id, data, **_kw):
-    data["dsload"] = _snapshot_and_reset()
-
-
-@events.worker_report.add_listener
-def _worker_report(client_id, data, **_kw):
-    if "dsload" in data:
-        _merge(data["dsload"])
-
-
 @events.quitting.add_listener
 def _write_custom(environment, **_kw):
-    from locust.runners import WorkerRunner
+    """Every process (local, master, each worker) writes its own tallies when it quits; the
+    runner sums the files. (Reports to the master would lose a worker's last seconds: the
+    master stops listening half a second after it tells the workers to quit.)"""
+    from locust.runners import MasterRunner, WorkerRunner
 
-    if isinstance(environment.runner, WorkerRunner):
-        return
-    _merge(_snapshot_and_reset())
-    with open(os.path.join(OUT, "custom.json"), "w") as f:
-        json.dump(_merged, f)
+    role = "worker" if isinstance(environment.runner, WorkerRunner) else "master" if isinstance(environment.runner, MasterRunner) else "local"
+    with _lock:
+        snap = {"counters": dict(COUNTERS), "samples": LAT_SAMPLES, "lists": LISTS}
+    with open(os.path.join(OUT, f"custom-{role}-{os.getpid()}.json"), "w") as f:
+        json.dump(snap, f)
+    if role != "worker":
+        # Locust's statistics as they stand at the very end (its CSV is written a moment
+        # earlier and can miss the last second).
+        final = {}
+        for e in environment.stats.entries.values():
+            final[e.name] = {
+                "Request Count": e.num_requests,
+                "Failure Count": e.num_failures,
+                **{f"{p:g}%": e.get_response_time_percentile(p / 100) for p in (50, 66, 75, 90, 95, 99, 99.9, 100)},
+            }
+        with open(os.path.join(OUT, "locust-final.json"), "w") as f:
+            json.dump(final, f)
 
 
 def ws_base(host):
@@ -167,12 +146,24 @@ class Stream:
         self.events = 0
 
     def gap(self, missed):
+        """Applies a gap frame; a list of findings: ("hole", n) when the gap starts after
+        events that never came, ("duplicate", 0) when it ends before what was received."""
+        found = []
         for m in missed:
-            p, to = m["partition"], m["to"]
+            p, frm, to = m["partition"], m.get("from"), m["to"]
+            prev = self.last.get(p)
+            if prev is not None and frm is not None:
+                if frm > prev[0] + 1:
+                    found.append(("hole", frm - prev[0] - 1))
+                elif frm <= prev[0]:
+                    found.append(("duplicate", 0))
             if to is None or to < 0:
                 self.last.pop(p, None)
+            elif prev is not None and to < prev[0]:
+                found.append(("duplicate", 0))
             else:
                 self.last[p] = (to, 1 << 30)
+        return found
 
     def event(self, p, o, i):
         """None when in order; else ("hole", n missing) or ("duplicate", 0)."""
@@ -237,6 +228,8 @@ class FrameReader:
                         ln = int.from_bytes(b[p + 2 : p + 10], "big")
                     if n >= h + ln:
                         head = b[p]
+                        if head & 0x70 or b[p + 1] & 0x80:
+                            raise Closed(f"a server frame with RSV bits or a mask: {head:#x} {b[p + 1]:#x}")
                         payload = bytes(b[p + h : p + h + ln])
                         self.pos = p + h + ln
                         return head & 0x80, head & 0x0F, payload
@@ -279,6 +272,9 @@ class StreamUser(User):
         self.ws = None
         self.token = TOKEN
         self.lost_at = None
+        self.reader = None
+        # The replica of each connection, in order (resume storm: who held the killed one).
+        self.servers = []
 
     # --- reporting
     def fire(self, name, ms=0.0, length=0, exc=None):
@@ -325,6 +321,9 @@ class StreamUser(User):
             return False
         self.ws = ws
         self.reader = FrameReader(ws)
+        self.servers.append(first.get("server", "?"))
+        if resuming and first.get("resumed") is not True:
+            self.protocol_error(f"a resume's welcome says resumed={first.get('resumed')!r}")
         if first.get("cursor"):
             self.stream.cursor = first["cursor"]
         now = time.time()
@@ -340,16 +339,27 @@ class StreamUser(User):
         return True
 
     def lost(self, why):
-        if self.ws is not None:
-            try:
-                self.ws.close()
-            except Exception:  # noqa: BLE001
-                pass
-        self.ws = None
         if self.lost_at is None:
             self.lost_at = time.time()
             count("disconnects")
+        if self.ws is not None:
+            # No close handshake: FrameReader owns the stream now, websocket-client's parser
+            # would read from the middle of a frame.
+            try:
+                self.ws.send_close()
+            except Exception:  # noqa: BLE001
+                pass
+            try:
+                self.ws.shutdown()
+            except Exception:  # noqa: BLE001
+                pass
+        self.ws = None
+        self.reader = None
         self.on_lost(why)
+
+    def protocol_error(self, what):
+        count("protocol_errors")
+        self.fire("protocol error", 0, exc=RuntimeError(what))
 
     def on_lost(self, why):
         pass
@@ -362,45 +372,59 @@ class StreamUser(User):
     def on_event(self, ev, latency_ms):
         pass
 
+    def finding(self, kind, n, where):
+        if kind == "hole":
+            count("holes")
+            count("hole_events", n)
+            self.fire("hole", 0, exc=RuntimeError(f"hole of {n} before {where}"))
+        else:
+            count("duplicates")
+            self.fire("duplicate", 0, exc=RuntimeError(f"duplicate or reorder at {where}"))
+
     def handle(self, raw):
         if STOPPING[0]:
             return
-        frame = json.loads(raw)
-        t = frame.get("type")
+        try:
+            frame = json.loads(raw)
+            t = frame.get("type")
+        except (ValueError, AttributeError) as e:
+            self.protocol_error(f"a frame that is not a JSON object: {e}")
+            return
         count("frames")
         self.fire("frame", 0, len(raw))
-        if t == "events":
-            now_us = time.time() * 1_000_000
-            for ev in frame["events"]:
-                verdict = self.stream.event(ev["partition"], ev["offset"], ev["index"])
-                lat = (now_us - ev["timestamp_us"]) / 1000.0
-                self.fire("event latency", lat)
-                count("events")
-                self.on_event(ev, lat)
-                if verdict is not None:
-                    kind, n = verdict
-                    where = f"partition {ev['partition']} offset {ev['offset']} index {ev['index']}"
-                    if kind == "hole":
-                        count("holes")
-                        count("hole_events", n)
-                        self.fire("hole", 0, exc=RuntimeError(f"hole of {n} before {where}"))
-                    else:
-                        count("duplicates")
-                        self.fire("duplicate", 0, exc=RuntimeError(f"duplicate or reorder at {where}"))
-            self.stream.cursor = frame["cursor"]
-        elif t == "gap":
-            count("gaps")
-            self.stream.gap(frame["missed"])
-            self.stream.cursor = frame["cursor"]
-            self.fire("gap", 0, exc=RuntimeError(f"gap ({frame['reason']}): {frame['missed']}"))
-        elif t == "reconnect":
-            self.stream.cursor = frame["cursor"]
-            raise websocket.WebSocketConnectionClosedException(f"reconnect: {frame['reason']}")
+        try:
+            if t == "events":
+                now_us = time.time() * 1_000_000
+                for ev in frame["events"]:
+                    verdict = self.stream.event(ev["partition"], ev["offset"], ev["index"])
+                    lat = (now_us - ev["timestamp_us"]) / 1000.0
+                    self.fire("event latency", lat)
+                    count("events")
+                    self.on_event(ev, lat)
+                    if verdict is not None:
+                        self.finding(*verdict, f"partition {ev['partition']} offset {ev['offset']} index {ev['index']}")
+                self.stream.cursor = frame["cursor"]
+            elif t == "gap":
+                count("gaps")
+                for kind, n in self.stream.gap(frame["missed"]):
+                    self.finding(kind, n, f"the gap {frame['missed']}")
+                self.stream.cursor = frame["cursor"]
+                self.fire("gap", 0, exc=RuntimeError(f"gap ({frame['reason']}): {frame['missed']}"))
+            elif t == "reconnect":
+                self.stream.cursor = frame["cursor"]
+                raise websocket.WebSocketConnectionClosedException(f"reconnect: {frame['reason']}")
+            elif t in ("pong", "authenticated"):
+                pass
+            else:
+                self.protocol_error(f"an unexpected frame: {raw[:200]!r}")
+        except (KeyError, TypeError, ValueError) as e:
+            self.protocol_error(f"a malformed {t} frame ({e!r}): {raw[:200]!r}")
 
     def on_start(self):
         count("users_started")
 
     def on_stop(self):
+        append("user_servers", {"servers": self.servers, "lost": self.lost_at is not None})
         if self.ws is not None:
             try:
                 self.ws.close()
@@ -412,6 +436,8 @@ class StreamUser(User):
     def stream_forever(self):
         backoff = 0.1
         while True:
+            if STOPPING[0]:
+                raise StopUser()
             if self.ws is None:
                 if not self.connect():
                     gevent.sleep(backoff)

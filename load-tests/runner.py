@@ -150,8 +150,11 @@ class Stack:
 
     def up(self):
         self.build()
-        status = subprocess.run([str(ROOT / "deploy/local/services.sh"), "status"], capture_output=True)
-        if status.returncode != 0:
+        # Stopped again at the end only if neither was running: a Kafka or Redis that was up
+        # may serve someone else (./test.sh, another run).
+        up = [subprocess.run([str(ROOT / f"deploy/local/{s}.sh"), "status"], capture_output=True).returncode == 0
+              for s in ("kafka", "redis")]
+        if not any(up):
             log("starting Kafka and Redis (deploy/local/services.sh up)")
             self.started_services = True
         subprocess.run([str(ROOT / "deploy/local/services.sh"), "up"], check=True, stdout=subprocess.DEVNULL)
@@ -223,13 +226,13 @@ class Stack:
             wait_until(f"{name} ready on {addr}", ready, 60)
         self.lb_port = free_port()
         self.lb_state.mkdir(exist_ok=True)
+        self.lb_started = True  # lb.sh stop is harmless if the start failed half-way
         subprocess.run(
             [str(ROOT / "deploy/local/lb.sh"), "start", str(self.lb_port), *[a for _, a, _ in self.gateways]],
             env=dict(os.environ, DASHSTREAM_STATE_DIR=str(self.lb_state)),
             check=True,
             stdout=subprocess.DEVNULL,
         )
-        self.lb_started = True
         self.producer = self.procs.start(
             "producer",
             [str(self.bin / "dashstream"), "produce", "--rate", str(self.args.rate), "--threads", "50",
@@ -293,7 +296,30 @@ class Stack:
         return out
 
 
+def sum_custom(out):
+    """The scenario's tallies: the sum of what each Locust process wrote when it quit."""
+    total = {"counters": {}, "samples": {}, "lists": {}, "processes": 0}
+    for f in sorted(out.glob("custom-*.json")):
+        part = json.loads(f.read_text())
+        total["processes"] += 1
+        for k, v in part["counters"].items():
+            if k.startswith(("max_", "last_")):
+                total["counters"][k] = max(total["counters"].get(k, 0), v)
+            else:
+                total["counters"][k] = total["counters"].get(k, 0) + v
+        for key in ("samples", "lists"):
+            for k, v in part[key].items():
+                total[key].setdefault(k, []).extend(v)
+    (out / "custom.json").write_text(json.dumps(total))
+    return total
+
+
 def read_stats(prefix):
+    """Locust's statistics per request name: its final state (written by dsload.py when the
+    local or master process quits), else the CSV."""
+    final = Path(prefix).parent / "locust-final.json"
+    if final.exists():
+        return json.loads(final.read_text())
     rows = {}
     path = Path(f"{prefix}_stats.csv")
     if path.exists():
@@ -469,7 +495,7 @@ def main():
             locust, "-f", str(HERE / "scenarios" / f"{scenario}.py"), "--headless",
             "-u", str(users), "-r", str(spawn_rate), "-t", f"{duration}s", "--host", host,
             "--csv", prefix, "--csv-full-history", "--html", str(out / "report.html"),
-            "--only-summary", "--stop-timeout", "5", "--exit-code-on-error", "0", "--loglevel", "WARNING",
+            "--only-summary", "--exit-code-on-error", "0", "--loglevel", "WARNING",
         ]
         workers = []
         if args.workers:
@@ -488,14 +514,17 @@ def main():
                 out / f"locust-worker-{i}.log",
             )
             workers.append(w)
-        t_start = time.time()
+        # The run starts when the users connect (a distributed master first waits for workers).
+        t_start = None
         kill_at = args.kill_at if args.kill_at is not None else duration * 0.4
         killed = None
         while master.poll() is None:
             time.sleep(1.0)
             if stack is not None:
                 samples.append((time.time(), stack.connections()))
-            if scenario == "resume_storm" and killed is None and time.time() - t_start >= kill_at and stack:
+                if t_start is None and any(v[0] for v in samples[-1][1].values()):
+                    t_start = samples[-1][0]
+            if scenario == "resume_storm" and killed is None and t_start and time.time() - t_start >= kill_at and stack:
                 per = stack.connections()
                 name, (clients, _, pid) = max(per.items(), key=lambda kv: kv[1][0])
                 os.kill(pid, signal.SIGKILL)
@@ -506,30 +535,28 @@ def main():
             notes["gateway_counters"] = stack.gateway_counters()
         for w in workers:
             w.wait(timeout=30)
-        if rc not in (0, 1):
+        if rc != 0:
+            # With --exit-code-on-error 0, Locust fails only when the run itself failed.
             raise RuntimeError(f"locust exited {rc}; see {out / 'locust.log'}")
         notes["killed"] = killed
     except KeyboardInterrupt:
         log("interrupted: stopping everything this run started")
-        if stack:
-            stack.down()
-        else:
-            procs.stop_all()
         return 2
     except Exception as e:  # noqa: BLE001 - report, stop what was started
         log(f"the run failed: {e}")
+        return 2
+    finally:
+        # A second Ctrl-C or SIGTERM must not cut the clean-up short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if stack:
             stack.down()
         else:
             procs.stop_all()
-        return 2
-    if stack:
-        stack.down()
-    else:
-        procs.stop_all()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
-    custom_path = out / "custom.json"
-    custom = json.loads(custom_path.read_text()) if custom_path.exists() else {"counters": {}, "samples": {}, "lists": {}}
+    custom = sum_custom(out)
     c = custom["counters"]
     stats = read_stats(prefix)
     lat = stats.get("event latency", {})
@@ -568,8 +595,17 @@ def main():
     check("holes", figures["holes"], "==", 0, "events missing between two received ones of a partition, not named by a gap frame")
     check("duplicates", figures["duplicates"], "==", 0, "an event received twice (or out of order)")
     check("events received", figures["events_received"], ">", 0, "the users received events at all")
-    # The scenario's own counters (summed over the workers) and Locust's request statistics
-    # count the same events: a difference means a worker's report was lost.
+    figures["protocol_errors"] = int(c.get("protocol_errors", 0))
+    check("protocol errors", figures["protocol_errors"], "==", 0,
+          "frames that are not the protocol's (malformed, unexpected, a resume not marked resumed)")
+    expected_processes = (args.workers + 1) if args.workers else 1
+    check("Locust processes that reported", custom.get("processes", 0), "==", expected_processes,
+          "each local, master or worker process wrote its tallies")
+    if scenario != "slow_consumers":
+        check("gaps", figures["gaps"], "==", 0, "Redis holds the whole run: any gap frame here is a fault")
+    # The scenario's own counters (each process's file, summed) and Locust's request statistics
+    # (reported to the master) count the same events: a difference means Locust's figures
+    # miss a worker's last report.
     check("events counted alike", abs(figures["events_received"] - int(num(lat, "Request Count"))), "==", 0,
           "events in the scenario's counters minus events in Locust's statistics")
     if scenario in ("fanout", "connection_ramp", "filters", "slow_consumers"):
@@ -582,6 +618,16 @@ def main():
         held = int(killed["connections"]) if killed else 0
         check("users that lost their connection", figures["disconnects"], ">=", max(1, held), "at least the killed replica's connections")
         check("users resumed", figures["resumes"], "==", figures["disconnects"], "every lost connection came back with its cursor")
+        # The killed replica's own users, by the `server` of their welcome frames: each must
+        # have a later connection to another replica.
+        victim = f"lt-{killed['gateway']}" if killed else None
+        users = custom["lists"].get("user_servers", [])
+        on_victim = [u for u in users if victim in u["servers"]]
+        moved = [u for u in on_victim if u["servers"][-1] != victim]
+        figures["killed_replica_users"] = len(on_victim)
+        check("the killed replica's users", len(on_victim), ">=", max(1, held), "users whose welcome named the killed replica")
+        check("the killed replica's users that resumed elsewhere", len(moved), "==", len(on_victim),
+              "each has a later connection to another replica")
         last = c.get("last_resume_at", 0)
         took = round(last - killed["at"], 2) if killed and last else None
         figures["killed"] = killed

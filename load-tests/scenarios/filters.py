@@ -1,8 +1,8 @@
 """filters and tenants: users with a tenant, thread or type filter, and users whose token
 grants one tenant only, each get exactly their subset. One reference user per Locust process
 reads everything; at the end every filtered user's events are compared, per partition over the
-offsets both saw, with the reference's events that match its filter: none missing, none
-extra. A tenant-scoped user also tries to widen its scope (another tenant in the query) and
+events produced while both were connected (by the producer's timestamp, 3 s inside each
+end), with the reference's events that match its filter: none missing, none extra. A tenant-scoped user also tries to widen its scope (another tenant in the query) and
 must get 403.
 
 DSLOAD_TENANT_TOKENS: a JSON object tenant -> token granting only that tenant (the runner
@@ -16,6 +16,7 @@ reference, 0 duplicates."""
 import itertools
 import json
 import os
+import time
 import urllib.parse
 
 import websocket
@@ -28,9 +29,11 @@ THREAD_PREFIX = os.environ.get("DSLOAD_THREAD_PREFIX", "lt")
 TENANTS = ["tenant-0", "tenant-1", "tenant-2", "tenant-3"]
 TYPES = ["node_start", "token", "quality_score"]
 
-REFERENCE = {}  # (partition, offset, index) -> (tenant, thread, type)
-REF_LAST = {}  # partition -> last offset the reference saw
+REFERENCE = {}  # (partition, offset, index) -> (tenant, thread, type, timestamp_us)
+REF_SINCE = []  # when the reference user's first connection was welcomed (µs)
 FILTERED = []  # the users to compare at the end
+STOPPED_AT = []  # when the test started stopping (µs)
+SLACK_US = 3_000_000
 _ids = itertools.count()
 
 
@@ -40,13 +43,19 @@ class ReferenceUser(StreamUser):
     fixed_count = 1
     query = "from=latest"
 
+    def connect(self):
+        ok = super().connect()
+        if ok and not REF_SINCE:
+            REF_SINCE.append(time.time() * 1e6)
+        return ok
+
     def on_event(self, ev, latency_ms):
         REFERENCE[(ev["partition"], ev["offset"], ev["index"])] = (
             ev["tenant"],
             ev["thread"],
             ev["event_type"],
+            ev["timestamp_us"],
         )
-        REF_LAST[ev["partition"]] = max(REF_LAST.get(ev["partition"], -1), ev["offset"])
 
 
 class FilteredUser(StreamUser):
@@ -72,9 +81,14 @@ class FilteredUser(StreamUser):
             self.token = TENANT_TOKENS[tenant]
             self.query = "from=latest"
         self.got = {}  # (p, o, i) -> True
-        self.first = {}  # partition -> first offset received
-        self.last = {}
+        self.since_us = None  # when its first connection was welcomed
         FILTERED.append(self)
+
+    def connect(self):
+        ok = super().connect()
+        if ok and self.since_us is None:
+            self.since_us = time.time() * 1e6
+        return ok
 
     def field(self, ev):
         return {"tenant": ev["tenant"], "scoped": ev["tenant"], "thread": ev["thread"], "type": ev["event_type"]}[self.kind]
@@ -102,27 +116,36 @@ class FilteredUser(StreamUser):
             count("filter_mismatches")
             self.fire("filter mismatch", 0, exc=RuntimeError(f"{self.kind} {self.field(ev)!r} not in {sorted(self.want)}"))
         self.got[key] = True
-        self.first.setdefault(ev["partition"], ev["offset"])
-        self.last[ev["partition"]] = ev["offset"]
+
+
+@events.test_stopping.add_listener
+def _stopping(environment, **_kw):
+    STOPPED_AT.append(time.time() * 1e6)
 
 
 @events.test_stop.add_listener
 def _compare(environment, **_kw):
+    """Every reference event produced while both this user and the reference were connected
+    (SLACK_US inside each end) that matches the user's filter must be in what it got, and
+    nothing it got may be outside its filter."""
+    end = (STOPPED_AT[0] if STOPPED_AT else time.time() * 1e6) - SLACK_US
     for u in FILTERED:
-        missing = extra = 0
-        for (p, o, i), (tenant, thread, typ) in REFERENCE.items():
-            if p not in u.first or o <= u.first[p] or o > min(u.last[p], REF_LAST.get(p, -1)):
+        if u.since_us is None or not REF_SINCE:
+            count("filter_users_not_compared")
+            continue
+        begin = max(u.since_us, REF_SINCE[0]) + SLACK_US
+        missing = extra = compared = 0
+        for key, (tenant, thread, typ, ts) in REFERENCE.items():
+            if not begin <= ts <= end:
                 continue
             value = {"tenant": tenant, "scoped": tenant, "thread": thread, "type": typ}[u.kind]
-            if value in u.want and (p, o, i) not in u.got:
-                missing += 1
-        for (p, o, i) in u.got:
-            if (p, o, i) in REFERENCE and p in u.first and u.first[p] < o <= REF_LAST.get(p, -1):
-                tenant, thread, typ = REFERENCE[(p, o, i)]
-                value = {"tenant": tenant, "scoped": tenant, "thread": thread, "type": typ}[u.kind]
-                if value not in u.want:
-                    extra += 1
+            if value in u.want:
+                compared += 1
+                if key not in u.got:
+                    missing += 1
+            elif key in u.got:
+                extra += 1
         count("filter_missing", missing)
         count("filter_extra", extra)
-        count("filter_compared", sum(1 for _ in u.got))
-        append("filter_users", {"kind": u.kind, "want": sorted(u.want), "got": len(u.got), "missing": missing, "extra": extra})
+        count("filter_compared", compared)
+        append("filter_users", {"kind": u.kind, "want": sorted(u.want), "got": len(u.got), "compared": compared, "missing": missing, "extra": extra})

@@ -20,11 +20,19 @@ from locust import events
 
 from dsload import StreamUser, append, sample
 
+# Seconds after spawning completed.
 SLOW_AT = float(os.environ.get("DSLOAD_SLOW_AT", "20"))
 SLOW_FOR = float(os.environ.get("DSLOAD_SLOW_FOR", "20"))
 _ids = itertools.count()
+# Phases count from the end of spawning (the connection ramp is not part of the baseline).
 _t0 = time.time()
 USERS = []
+
+
+@events.spawning_complete.add_listener
+def _spawned(user_count, **_kw):
+    global _t0
+    _t0 = time.time()
 
 
 class MaybeSlowUser(StreamUser):
