@@ -89,6 +89,15 @@ impl KeyServer {
         let acceptor = tokio_native_tls::TlsAcceptor::from(
             tokio_native_tls::native_tls::TlsAcceptor::new(identity).unwrap(),
         );
+        Self::serve(status, body, Some(acceptor)).await
+    }
+
+    async fn start(status: u16, body: String) -> Self {
+        Self::serve(status, body, None).await
+    }
+
+    /// Plain HTTP, or HTTPS through `tls`.
+    async fn serve(status: u16, body: String, tls: Option<tokio_native_tls::TlsAcceptor>) -> Self {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let srv = Self {
             addr: l.local_addr().unwrap().to_string(),
@@ -98,32 +107,21 @@ impl KeyServer {
         let s = srv.clone();
         tokio::spawn(async move {
             while let Ok((c, _)) = l.accept().await {
-                let (s, acceptor) = (s.clone(), acceptor.clone());
+                let (s, tls) = (s.clone(), tls.clone());
                 tokio::spawn(async move {
-                    // A client that does not trust the certificate ends the handshake.
-                    if let Ok(tls) = acceptor.accept(c).await {
-                        answer(s, tls).await;
+                    match tls {
+                        None => answer(s, c).await,
+                        // A client that does not trust the certificate ends the handshake.
+                        Some(a) => {
+                            if let Ok(c) = a.accept(c).await {
+                                answer(s, c).await;
+                            }
+                        }
                     }
                 });
             }
         });
         srv
-    }
-
-    async fn start(status: u16, body: String) -> Self {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let s = Self {
-            addr: l.local_addr().unwrap().to_string(),
-            answer: Arc::new(Mutex::new((status, body))),
-            requests: Arc::new(AtomicUsize::new(0)),
-        };
-        let srv = s.clone();
-        tokio::spawn(async move {
-            while let Ok((c, _)) = l.accept().await {
-                tokio::spawn(answer(srv.clone(), c));
-            }
-        });
-        s
     }
 
     fn set(&self, status: u16, body: String) {
