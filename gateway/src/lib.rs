@@ -125,10 +125,13 @@ pub async fn run(
     // Keys first: with GATEWAY_JWT_JWKS_URL the gateway stays unready (and /ws answers 503)
     // until it has fetched a good document, then keeps it fresh in the background.
     let auth = match &settings.auth {
-        config::AuthMode::Jwt(j) => Some(Arc::new(
-            auth::Authenticator::load((**j).clone())
-                .map_err(|e| GatewayError::Config(e.to_string()))?,
-        )),
+        config::AuthMode::Jwt(j) => match auth::Authenticator::load((**j).clone()) {
+            Ok(a) => Some(Arc::new(a)),
+            Err(e) => {
+                http_stop.cancel();
+                return Err(GatewayError::Config(e.to_string()));
+            }
+        },
         config::AuthMode::Off { .. } => None,
     };
     if let Some(a) = auth.as_ref().filter(|a| a.fetches_keys()) {
@@ -206,9 +209,11 @@ pub async fn run(
     let mut conns = conns.into_iter();
     let mut next = || conns.next().expect("a connection");
     let (blocking, tail, watch) = (next(), next(), next());
-    preflight::check(tail.clone(), settings.redis.command_timeout, &shutdown)
-        .await
-        .map_err(GatewayError::Config)?;
+    if let Err(e) = preflight::check(tail.clone(), settings.redis.command_timeout, &shutdown).await
+    {
+        http_stop.cancel();
+        return Err(GatewayError::Config(e));
+    }
     let streams = streams::Streams::with_connections(
         streams::Connections {
             blocking,
