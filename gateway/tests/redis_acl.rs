@@ -301,19 +301,11 @@ async fn a_wrong_password_or_an_untrusted_ca_stops_both_tiers_naming_the_setting
 /// Runs the ingest (library entry point) with `flags`: it must stop by itself with a setting
 /// to fix; the message.
 async fn ingest_refusal(s: &SecureServices, sys: &System, flags: &[String]) -> String {
-    let mut args = vec![
-        "ingest".to_string(),
-        format!("--kafka-brokers={}", sys.services.kafka_brokers),
-        format!("--kafka-topic={}", sys.topic),
-        format!("--kafka-group-id={}-group", sys.topic),
-        format!("--redis-key-prefix={}", sys.prefix),
-        format!("--redis-url={}", tls_url(s, "dashstream-ingest")),
-    ];
-    args.extend(flags.iter().cloned());
-    let settings = <dashstream_ingest::IngestArgs as clap::Parser>::try_parse_from(args)
-        .unwrap()
-        .validate()
-        .unwrap();
+    let as_ingest = System {
+        redis_url: tls_url(s, "dashstream-ingest"),
+        ..sys.clone()
+    };
+    let settings = as_ingest.ingest_settings("127.0.0.1:0", &refs(flags));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
     let run = dashstream_ingest::run(settings, prometheus::Registry::new(), listener, stop);

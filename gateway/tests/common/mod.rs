@@ -81,6 +81,20 @@ impl System {
     pub async fn ingest(&self, extra: &[&str]) -> Running {
         let port = testkit::free_port();
         let addr = format!("127.0.0.1:{port}");
+        let settings = self.ingest_settings(&addr, extra);
+        let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
+        let stop = CancellationToken::new();
+        let s = stop.clone();
+        let handle = tokio::spawn(async move {
+            dashstream_ingest::run(settings, prometheus::Registry::new(), listener, s)
+                .await
+                .unwrap();
+        });
+        Running { addr, stop, handle }
+    }
+
+    /// The ingest's settings for this topic, listening on `addr` (extra flags override).
+    pub fn ingest_settings(&self, addr: &str, extra: &[&str]) -> dashstream_ingest::IngestSettings {
         let mut args = vec![
             "ingest".to_string(),
             format!("--kafka-brokers={}", self.services.kafka_brokers),
@@ -92,19 +106,10 @@ impl System {
             "--redis-command-timeout-ms=1000".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let settings = <dashstream_ingest::IngestArgs as clap::Parser>::try_parse_from(args)
+        <dashstream_ingest::IngestArgs as clap::Parser>::try_parse_from(args)
             .unwrap()
             .validate()
-            .unwrap();
-        let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
-        let stop = CancellationToken::new();
-        let s = stop.clone();
-        let handle = tokio::spawn(async move {
-            dashstream_ingest::run(settings, prometheus::Registry::new(), listener, s)
-                .await
-                .unwrap();
-        });
-        Running { addr, stop, handle }
+            .unwrap()
     }
 
     /// Starts a gateway replica named `name` (extra flags override).
