@@ -356,15 +356,8 @@ async fn tail(a: TailArgs) -> anyhow::Result<()> {
             let settings = redis.validate().unwrap_or_else(|e| exit_config(&e));
             let keys = dashstream::keys::StreamKeys::new(&settings.key_prefix, &topic);
             let parts = (!partition.is_empty()).then_some(partition);
-            dashstream::tail::redis(
-                &settings.client,
-                &keys,
-                parts,
-                tail_from(&from),
-                stop,
-                &mut out,
-            )
-            .await?;
+            dashstream::tail::redis(&settings, &keys, parts, tail_from(&from), stop, &mut out)
+                .await?;
         }
         TailSource::Ws {
             url,

@@ -14,10 +14,12 @@ pub const ENV_REDIS_TLS_KEY_FILE: &str = "REDIS_TLS_KEY_FILE";
 
 #[derive(Args, Debug, Clone)]
 pub struct RedisArgs {
-    /// Redis URL, e.g. redis://127.0.0.1:6379/0 (rediss:// for TLS).
+    /// Redis URL, e.g. redis://127.0.0.1:6379/0 (rediss:// for TLS). A Redis Cluster is given
+    /// by its seed nodes: redis+cluster://[user@]host:port,host:port (rediss+cluster:// for
+    /// TLS), or several redis:// URLs separated by commas.
     #[arg(long = "redis-url", env = ENV_REDIS_URL, default_value = "redis://127.0.0.1:6379")]
     pub url: String,
-    /// Prefix of every key this deployment writes (`<prefix>:<topic>:<partition>`).
+    /// Prefix of every key this deployment writes (`<prefix>:{<topic>:<partition>}`).
     #[arg(long = "redis-key-prefix", env = ENV_REDIS_KEY_PREFIX, default_value = "dashstream")]
     pub key_prefix: String,
     /// A file holding the Redis password (AUTH), instead of one in the URL: a mounted secret,
@@ -52,12 +54,54 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// Where Redis is: one server, or a cluster given by its seed nodes.
+#[derive(Debug, Clone)]
+pub enum RedisTarget {
+    Single(redis::Client),
+    Cluster(ClusterSeeds),
+}
+
+/// A Redis Cluster's seed nodes, with the login every node gets.
+#[derive(Debug, Clone)]
+pub struct ClusterSeeds {
+    pub nodes: Vec<redis::ConnectionInfo>,
+}
+
 /// Validated Redis settings.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    pub client: redis::Client,
+    pub target: RedisTarget,
     pub key_prefix: String,
     pub command_timeout: Duration,
+}
+
+/// The seed URLs of a cluster URL (`redis+cluster://a:1,b:2`, `rediss+cluster://…`, or several
+/// comma-separated URLs), each a plain redis:// or rediss:// URL with the first one's login,
+/// path and query; `None` for a single server's URL.
+pub fn cluster_seeds(url: &str) -> Option<Vec<String>> {
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = match scheme {
+        "redis+cluster" => "redis",
+        "rediss+cluster" => "rediss",
+        "redis" | "rediss" if url.contains(',') => {
+            return Some(url.split(',').map(|u| u.trim().to_string()).collect());
+        }
+        _ => return None,
+    };
+    let (login, hosts) = match rest.rfind('@') {
+        Some(at) => (&rest[..=at], &rest[at + 1..]),
+        None => ("", rest),
+    };
+    let (hosts, tail) = match hosts.find(['/', '?']) {
+        Some(i) => hosts.split_at(i),
+        None => (hosts, ""),
+    };
+    Some(
+        hosts
+            .split(',')
+            .map(|h| format!("{scheme}://{login}{}{tail}", h.trim()))
+            .collect(),
+    )
 }
 
 impl RedisArgs {
@@ -78,39 +122,71 @@ impl RedisArgs {
                 }
             },
         };
-        let client = match self.url.as_str().into_connection_info() {
-            Ok(info) => {
-                if password.is_some() && info.redis_settings().password().is_some() {
+        let urls = cluster_seeds(&self.url);
+        let urls: Vec<&str> = match &urls {
+            Some(u) => u.iter().map(String::as_str).collect(),
+            None => vec![self.url.as_str()],
+        };
+        let mut infos = Vec::with_capacity(urls.len());
+        for u in &urls {
+            match u.into_connection_info() {
+                Ok(info) => infos.push(info),
+                Err(e) => {
+                    // The URL may hold a password: it is not repeated here.
                     errors.push(ConfigError::new(
-                        ENV_REDIS_PASSWORD_FILE,
-                        "redis-password-file",
-                        "the URL has a password too: give it once",
+                        ENV_REDIS_URL,
+                        "redis-url",
+                        format!("{:?} is not a Redis URL: {e}", redact_url(u)),
                     ));
                 }
-                let info = match password {
-                    Some(p) => {
-                        let r = info.redis_settings().clone().set_password(p);
-                        info.set_redis_settings(r)
-                    }
-                    None => info,
-                };
-                self.open(info, &mut errors)
             }
-            Err(e) => {
-                // The URL may hold a password: it is not repeated here.
-                errors.push(ConfigError::new(
-                    ENV_REDIS_URL,
-                    "redis-url",
-                    format!("{:?} is not a Redis URL: {e}", redact_url(&self.url)),
-                ));
-                None
-            }
+        }
+        let tls = infos
+            .iter()
+            .map(|i| matches!(i.addr(), redis::ConnectionAddr::TcpTls { .. }))
+            .collect::<std::collections::BTreeSet<_>>();
+        if tls.len() > 1 {
+            errors.push(ConfigError::new(
+                ENV_REDIS_URL,
+                "redis-url",
+                "the cluster's seed nodes mix redis:// and rediss://",
+            ));
+        }
+        if infos
+            .iter()
+            .any(|i| i.redis_settings().password().is_some())
+            && password.is_some()
+        {
+            errors.push(ConfigError::new(
+                ENV_REDIS_PASSWORD_FILE,
+                "redis-password-file",
+                "the URL has a password too: give it once",
+            ));
+        }
+        let infos: Vec<redis::ConnectionInfo> = infos
+            .into_iter()
+            .map(|info| match &password {
+                Some(p) => {
+                    let r = info.redis_settings().clone().set_password(p.clone());
+                    info.set_redis_settings(r)
+                }
+                None => info,
+            })
+            .collect();
+        let client = if infos.len() == urls.len() && tls.len() == 1 {
+            self.open(
+                infos,
+                urls.len() > 1 || self.url.contains("+cluster://"),
+                &mut errors,
+            )
+        } else {
+            None
         };
-        if self.key_prefix.is_empty() || self.key_prefix.contains(char::is_whitespace) {
+        if !crate::keys::valid_prefix(&self.key_prefix) {
             errors.push(ConfigError::new(
                 ENV_REDIS_KEY_PREFIX,
                 "redis-key-prefix",
-                "must be non-empty and contain no whitespace",
+                "must be non-empty and contain no whitespace and no brace",
             ));
         }
         let command_timeout = crate::config::positive_ms(
@@ -120,8 +196,8 @@ impl RedisArgs {
             &mut errors,
         );
         match client {
-            Some(client) if errors.is_empty() => Ok(RedisSettings {
-                client,
+            Some(target) if errors.is_empty() => Ok(RedisSettings {
+                target,
                 key_prefix: self.key_prefix.clone(),
                 command_timeout,
             }),
@@ -131,13 +207,15 @@ impl RedisArgs {
 }
 
 impl RedisArgs {
-    /// The client for `info`, with the TLS files when any is given.
+    /// The client for `infos` (one server, or a cluster's seeds), with the TLS files when any
+    /// is given.
     fn open(
         &self,
-        info: redis::ConnectionInfo,
+        mut infos: Vec<redis::ConnectionInfo>,
+        cluster: bool,
         errors: &mut ConfigErrors,
-    ) -> Option<redis::Client> {
-        let tls = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
+    ) -> Option<RedisTarget> {
+        let tls = matches!(infos[0].addr(), redis::ConnectionAddr::TcpTls { .. });
         let mut read =
             |file: &Option<std::path::PathBuf>, env: &'static str, flag: &'static str| {
                 let f = file.as_ref()?;
@@ -196,15 +274,43 @@ impl RedisArgs {
                 None
             }
         };
-        if root_cert.is_none() && client_tls.is_none() {
-            return redis::Client::open(info).ok();
+        let certs =
+            (root_cert.is_some() || client_tls.is_some()).then_some(redis::TlsCertificates {
+                client_tls,
+                root_cert,
+            });
+        if cluster && certs.is_some() {
+            // redis-rs takes a cluster's CA and client certificates only with rustls; with
+            // native TLS the system's trust store verifies every node.
+            errors.push(ConfigError::new(
+                ENV_REDIS_TLS_CA_FILE,
+                "redis-tls-ca-file",
+                "not supported with a Redis Cluster: the system's trust store verifies its nodes (docs/SECURITY.md)",
+            ));
+            return None;
         }
-        let certs = redis::TlsCertificates {
-            client_tls,
-            root_cert,
+        if cluster {
+            // Built here once so that a bad seed or TLS file is a setting error; the service
+            // builds its clients from the seeds (RedisSettings::connect).
+            let seeds = ClusterSeeds { nodes: infos };
+            return match seeds.builder().build() {
+                Ok(_) => Some(RedisTarget::Cluster(seeds)),
+                Err(e) => {
+                    errors.push(ConfigError::new(
+                        ENV_REDIS_URL,
+                        "redis-url",
+                        format!("not a usable cluster: {e}"),
+                    ));
+                    None
+                }
+            };
+        }
+        let info = infos.remove(0);
+        let Some(certs) = certs else {
+            return redis::Client::open(info).ok().map(RedisTarget::Single);
         };
         match redis::Client::build_with_tls(info, certs) {
-            Ok(c) => Some(c),
+            Ok(c) => Some(RedisTarget::Single(c)),
             Err(e) => {
                 errors.push(ConfigError::new(
                     ENV_REDIS_TLS_CA_FILE,
@@ -242,24 +348,113 @@ pub fn refusal(e: &redis::RedisError) -> Option<&'static str> {
     }
 }
 
+impl ClusterSeeds {
+    /// A cluster client builder with the seeds' login.
+    pub fn builder(&self) -> redis::cluster::ClusterClientBuilder {
+        let mut b = redis::cluster::ClusterClientBuilder::new(self.nodes.clone());
+        let first = self.nodes[0].redis_settings();
+        if let Some(u) = first.username() {
+            b = b.username(u);
+        }
+        if let Some(p) = first.password() {
+            b = b.password(p);
+        }
+        b
+    }
+}
+
+/// A connection to Redis: one server's multiplexed, self-reconnecting connection, or a
+/// cluster connection that routes each command to the master of its keys' slot and follows
+/// `MOVED`/`ASK` redirections, failovers and slot migrations. Either runs any command whose
+/// keys share one slot (every script and transaction of a partition).
+#[derive(Clone)]
+pub enum RedisConn {
+    Single(redis::aio::ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl RedisConn {
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, RedisConn::Cluster(_))
+    }
+}
+
+impl redis::aio::ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Single(c) => c.get_db(),
+            RedisConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 impl RedisSettings {
-    /// A multiplexed connection that reconnects by itself; every command has the deadline.
-    pub async fn connect(&self) -> redis::RedisResult<redis::aio::ConnectionManager> {
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.target, RedisTarget::Cluster(_))
+    }
+
+    /// A connection that reconnects by itself; every command has the deadline.
+    pub async fn connect(&self) -> redis::RedisResult<RedisConn> {
         self.connect_for_blocking(Duration::ZERO).await
     }
 
     /// Like [`Self::connect`], for a connection that also runs blocking commands of up to
     /// `block` (its response deadline is the command timeout plus `block`).
-    pub async fn connect_for_blocking(
+    pub async fn connect_for_blocking(&self, block: Duration) -> redis::RedisResult<RedisConn> {
+        match &self.target {
+            RedisTarget::Single(client) => {
+                let cfg = redis::aio::ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(self.command_timeout + block))
+                    .set_connection_timeout(Some(self.command_timeout))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_secs(1));
+                redis::aio::ConnectionManager::new_with_config(client.clone(), cfg)
+                    .await
+                    .map(RedisConn::Single)
+            }
+            RedisTarget::Cluster(seeds) => {
+                let client = self.cluster_builder(seeds, block).build()?;
+                client.get_async_connection().await.map(RedisConn::Cluster)
+            }
+        }
+    }
+
+    /// A cluster client builder with this deployment's deadlines. Redirections and
+    /// reconnections are retried a few times within a command; the callers retry the rest.
+    pub fn cluster_builder(
         &self,
+        seeds: &ClusterSeeds,
         block: Duration,
-    ) -> redis::RedisResult<redis::aio::ConnectionManager> {
-        let cfg = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(self.command_timeout + block))
-            .set_connection_timeout(Some(self.command_timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
-        redis::aio::ConnectionManager::new_with_config(self.client.clone(), cfg).await
+    ) -> redis::cluster::ClusterClientBuilder {
+        seeds
+            .builder()
+            .connection_timeout(self.command_timeout)
+            .response_timeout(self.command_timeout + block)
+            .retries(3)
+            .min_retry_wait(50)
+            .max_retry_wait(1000)
     }
 }
 
@@ -284,7 +479,10 @@ mod tests {
             command_timeout_ms: 1000,
         };
         let s = a.validate().expect("valid");
-        let info = s.client.get_connection_info();
+        let RedisTarget::Single(client) = &s.target else {
+            panic!("one server")
+        };
+        let info = client.get_connection_info();
         assert_eq!(info.redis_settings().password(), Some("pw-from-file"));
         let both = RedisArgs {
             url: "redis://gateway:pw@127.0.0.1:6379".into(),
@@ -294,6 +492,65 @@ mod tests {
         assert!(e.to_string().contains("REDIS_PASSWORD_FILE"), "{e}");
         assert!(!e.to_string().contains("pw-from-file"));
         let _ = std::fs::remove_file(f);
+    }
+
+    #[test]
+    fn cluster_urls_name_their_seeds() {
+        assert_eq!(cluster_seeds("redis://h:1/0"), None);
+        assert_eq!(
+            cluster_seeds("redis+cluster://u:pw@a:1,b:2/?protocol=3").unwrap(),
+            [
+                "redis://u:pw@a:1/?protocol=3",
+                "redis://u:pw@b:2/?protocol=3"
+            ]
+        );
+        assert_eq!(
+            cluster_seeds("rediss+cluster://a:1").unwrap(),
+            ["rediss://a:1"]
+        );
+        assert_eq!(
+            cluster_seeds("redis://a:1, redis://b:2").unwrap(),
+            ["redis://a:1", "redis://b:2"]
+        );
+        let a = |url: &str| RedisArgs {
+            url: url.into(),
+            key_prefix: "p".into(),
+            password_file: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            command_timeout_ms: 1000,
+        };
+        let s = a("redis+cluster://u:pw@127.0.0.1:7000,127.0.0.1:7001")
+            .validate()
+            .unwrap();
+        let RedisTarget::Cluster(seeds) = &s.target else {
+            panic!("a cluster")
+        };
+        assert_eq!(seeds.nodes.len(), 2);
+        assert_eq!(seeds.nodes[1].redis_settings().password(), Some("pw"));
+        assert!(a("redis+cluster://127.0.0.1:7000")
+            .validate()
+            .unwrap()
+            .is_cluster());
+        let e = a("redis://127.0.0.1:1,rediss://127.0.0.1:2")
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("mix"), "{e}");
+        let e = a("redis+cluster://u:pw@127.0.0.1:x,h:2")
+            .validate()
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("REDIS_URL") && !e.to_string().contains("pw@"),
+            "{e}"
+        );
+        let e = RedisArgs {
+            key_prefix: "p{x}".into(),
+            ..a("redis://h:1")
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("brace"), "{e}");
     }
 
     #[test]

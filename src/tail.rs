@@ -143,7 +143,7 @@ pub async fn kafka(
 
 /// Tails the partition streams of `topic` in Redis (all partitions unless given).
 pub async fn redis(
-    client: &redis::Client,
+    settings: &crate::redis_config::RedisSettings,
     keys: &StreamKeys,
     partitions: Option<Vec<i32>>,
     from: From,
@@ -152,11 +152,10 @@ pub async fn redis(
 ) -> Result<u64, TailError> {
     let block = stop.wait().min(Duration::from_secs(5));
     // The reply of an XREAD BLOCK comes after up to `block`: wait longer than that for it.
-    let config = redis::AsyncConnectionConfig::new()
-        .set_response_timeout(Some(block + Duration::from_secs(5)));
-    let mut c = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await?;
+    let mut c = settings.connect_for_blocking(block).await?;
+    // A cluster cannot block on streams of several slots at once: it reads them one at a time
+    // without blocking, and pauses briefly when none had anything.
+    let cluster = c.is_cluster();
     let parts: Vec<i32> = match partitions {
         Some(p) => p,
         None => {
@@ -209,21 +208,39 @@ pub async fn redis(
     let started = tokio::time::Instant::now();
     let mut last_event = started;
     while !stop.done(n) {
-        let mut cmd = redis::cmd("XREAD");
-        cmd.arg("COUNT")
-            .arg(1000)
-            .arg("BLOCK")
-            .arg(block.as_millis() as u64)
-            .arg("STREAMS");
-        for p in &parts {
-            cmd.arg(keys.stream(*p));
+        let xread = |which: &[usize], block: Option<Duration>| {
+            let mut cmd = redis::cmd("XREAD");
+            cmd.arg("COUNT").arg(1000);
+            if let Some(b) = block {
+                cmd.arg("BLOCK").arg(b.as_millis() as u64);
+            }
+            cmd.arg("STREAMS");
+            for i in which {
+                cmd.arg(keys.stream(parts[*i]));
+            }
+            for i in which {
+                cmd.arg(&ids[*i]);
+            }
+            cmd
+        };
+        let mut found = Vec::new();
+        if cluster {
+            for i in 0..parts.len() {
+                let r: Option<redis::streams::StreamReadReply> =
+                    xread(&[i], None).query_async(&mut c).await?;
+                found.extend(r.map(|r| r.keys).unwrap_or_default());
+            }
+            if found.is_empty() {
+                tokio::time::sleep(Duration::from_millis(100).min(block)).await;
+            }
+        } else {
+            let all: Vec<usize> = (0..parts.len()).collect();
+            let r: Option<redis::streams::StreamReadReply> =
+                xread(&all, Some(block)).query_async(&mut c).await?;
+            found.extend(r.map(|r| r.keys).unwrap_or_default());
         }
-        for id in &ids {
-            cmd.arg(id);
-        }
-        let reply: Option<redis::streams::StreamReadReply> = cmd.query_async(&mut c).await?;
         let mut got = false;
-        for k in reply.map(|r| r.keys).unwrap_or_default() {
+        for k in found {
             let Some(i) = parts.iter().position(|p| keys.stream(*p) == k.key) else {
                 continue;
             };

@@ -209,6 +209,30 @@ pub async fn run(
     let mut conns = conns.into_iter();
     let mut next = || conns.next().expect("a connection");
     let (blocking, tail, watch) = (next(), next(), next());
+    // A cluster wakes the tail by shard channels instead of XREAD BLOCK (streams::wake).
+    let waker = if settings.redis.is_cluster() {
+        loop {
+            match streams::ShardWaker::connect(&settings.redis).await {
+                Ok(w) => break Some(w),
+                Err(e) => {
+                    metrics
+                        .redis_errors
+                        .with_label_values(&["connection"])
+                        .inc();
+                    tracing::warn!(error = %e, "redis: cluster subscriptions failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {
+                            http_stop.cancel();
+                            return Ok(());
+                        }
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    } else {
+        None
+    };
     if let Err(e) = preflight::check(tail.clone(), settings.redis.command_timeout, &shutdown).await
     {
         http_stop.cancel();
@@ -219,6 +243,7 @@ pub async fn run(
             blocking,
             tail,
             watch,
+            waker,
             pool: conns.collect(),
         },
         StreamKeys::new(&settings.redis.key_prefix, &settings.topic),

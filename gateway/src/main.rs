@@ -1,7 +1,7 @@
 //! The `gateway` binary: parse settings (exit 64 naming any bad one), set up tracing, bind,
 //! serve until SIGTERM/SIGINT, drain clients and exit.
 
-use dashstream::config::{exit_config, parse_or_exit, EXIT_CONFIG};
+use dashstream::config::{check_config_or_continue, EXIT_CONFIG};
 use dashstream_gateway::GatewayArgs;
 use std::process::ExitCode;
 
@@ -13,8 +13,8 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args: GatewayArgs = parse_or_exit();
-    let settings = args.validate().unwrap_or_else(|e| exit_config(&e));
+    // With --check-config this exits here: 0 when the settings are good, 64 naming each problem.
+    let settings = check_config_or_continue(GatewayArgs::validate);
     dashstream::telemetry::init("info");
     let listener = match tokio::net::TcpListener::bind(settings.listen).await {
         Ok(l) => l,

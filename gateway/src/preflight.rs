@@ -12,7 +12,7 @@
 //!
 //! Connection errors and timeouts are retried (once a second, until `stop`); answers decide.
 
-use redis::aio::ConnectionManager;
+use dashstream::redis_config::RedisConn;
 use redis::Value;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -22,11 +22,17 @@ pub const MIN_VERSION: (u32, u32) = (7, 0);
 
 /// Runs the checks; `Err` is the message to stop the gateway with.
 pub async fn check(
-    conn: ConnectionManager,
+    conn: RedisConn,
     timeout: Duration,
     stop: &CancellationToken,
 ) -> Result<(), String> {
     let version = match query(&conn, redis::cmd("INFO").arg("server"), timeout, stop).await {
+        // A cluster answers with every node's: the oldest decides.
+        Some(Ok(Value::Map(nodes))) => nodes
+            .iter()
+            .map(|(_, v)| text(v).and_then(|t| version_in_info(&t)))
+            .min_by_key(|v| v.as_deref().and_then(parse_version))
+            .flatten(),
         Some(Ok(v)) => text(&v).and_then(|t| version_in_info(&t)),
         Some(Err(_)) | None => None,
     };
@@ -72,7 +78,7 @@ pub async fn check(
 
 /// Sends `cmd`, retrying connection errors and timeouts until `stop` (then `None`).
 async fn query(
-    conn: &ConnectionManager,
+    conn: &RedisConn,
     cmd: &redis::Cmd,
     timeout: Duration,
     stop: &CancellationToken,

@@ -19,12 +19,13 @@
 //! `stream_decode_errors_total` and move past it exactly like an undecodable `ev`.
 
 mod reply;
+pub mod wake;
 
 use crate::cursor::EntryId;
 use crate::metrics::Metrics;
 use bytes::Bytes;
 use dashstream::keys::StreamKeys;
-use redis::aio::ConnectionManager;
+use dashstream::redis_config::RedisConn;
 use redis::{Script, Value};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,6 +34,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 pub use reply::MALFORMED_EVENT;
+pub use wake::ShardWaker;
 
 /// The tail's read: for each partition, `{epoch, info, entries}` where `info` holds the
 /// `XINFO STREAM` fields the reader needs (`false` when there is no stream) and `entries` stops
@@ -221,13 +223,15 @@ impl ReadError {
 /// The Redis connections of one replica, one per kind of reader.
 pub struct Connections {
     /// The tail loop's reads and partition discovery.
-    pub tail: ConnectionManager,
+    pub tail: RedisConn,
     /// The progress watcher, so that it still answers while a tail read is stuck.
-    pub watch: ConnectionManager,
+    pub watch: RedisConn,
     /// `XREAD BLOCK` only: a blocked command holds its connection.
-    pub blocking: ConnectionManager,
+    pub blocking: RedisConn,
+    /// On a Redis Cluster, the tail's wake-ups instead of `XREAD BLOCK` ([`wake`]).
+    pub waker: Option<Arc<ShardWaker>>,
     /// History pages and cursor checks, used in turn (at least one).
-    pub pool: Vec<ConnectionManager>,
+    pub pool: Vec<RedisConn>,
 }
 
 /// Settings of [`Streams`].
@@ -271,8 +275,8 @@ impl Streams {
     /// One connection for everything but `XREAD BLOCK` (tests and tools); the service uses
     /// [`Streams::with_connections`].
     pub fn new(
-        conn: ConnectionManager,
-        blocking: ConnectionManager,
+        conn: RedisConn,
+        blocking: RedisConn,
         keys: StreamKeys,
         timeout: Duration,
         metrics: Arc<Metrics>,
@@ -282,6 +286,7 @@ impl Streams {
                 tail: conn.clone(),
                 watch: conn.clone(),
                 blocking,
+                waker: None,
                 pool: vec![conn],
             },
             keys,
@@ -333,7 +338,21 @@ impl Streams {
         }
     }
 
-    fn conn(&self) -> ConnectionManager {
+    /// With a cluster's wake-ups (tests and tools; the service passes them in [`Connections`]).
+    pub fn with_waker(self, waker: Arc<ShardWaker>) -> Self {
+        let mut shared = Arc::into_inner(self.shared).expect("a waker is set before sharing");
+        shared.conns.waker = Some(waker);
+        Self {
+            shared: Arc::new(shared),
+            role: self.role,
+        }
+    }
+
+    fn cluster(&self) -> bool {
+        self.shared.conns.tail.is_cluster()
+    }
+
+    fn conn(&self) -> RedisConn {
         let c = &self.shared.conns;
         match self.role {
             Role::Tail => c.tail.clone(),
@@ -438,6 +457,31 @@ impl Streams {
 
     async fn tail_read(&self, from: &[(i32, EntryId)], count: usize) -> Result<Value, ReadError> {
         let budget = (self.shared.opts.tail_read_bytes / from.len()).max(1);
+        if self.cluster() && from.len() > 1 {
+            // A script's keys share a slot on a cluster: one script per partition, all sent at
+            // once (each node's connection pipelines them), answers in the partitions' order.
+            let reads = from
+                .iter()
+                .map(|one| self.tail_script(std::slice::from_ref(one), count, budget));
+            let parts = futures::future::try_join_all(reads).await?;
+            let mut all = Vec::with_capacity(from.len());
+            for v in parts {
+                match v {
+                    Value::Array(a) => all.extend(a),
+                    _ => return Err(ReadError::Reply("read script: not an array")),
+                }
+            }
+            return Ok(Value::Array(all));
+        }
+        self.tail_script(from, count, budget).await
+    }
+
+    async fn tail_script(
+        &self,
+        from: &[(i32, EntryId)],
+        count: usize,
+        budget: usize,
+    ) -> Result<Value, ReadError> {
         // EVALSHA_RO sha numkeys keys... args...; the same with the source for EVAL_RO.
         let call = |head: &str, body: &str| {
             let mut cmd = redis::cmd(head);
@@ -474,6 +518,31 @@ impl Streams {
         from: &[(i32, EntryId)],
         count: usize,
     ) -> Result<Value, ReadError> {
+        if self.cluster() && from.len() > 1 {
+            // A transaction's keys share a slot on a cluster: one per partition, all at once;
+            // their answers in order are those of one transaction over all.
+            let reads = from
+                .iter()
+                .map(|one| self.tx_one(label, std::slice::from_ref(one), count));
+            let parts = futures::future::try_join_all(reads).await?;
+            let mut all = Vec::new();
+            for v in parts {
+                match v {
+                    Value::Array(a) => all.extend(a),
+                    _ => return Err(ReadError::Reply("read transaction: not an array")),
+                }
+            }
+            return Ok(Value::Array(all));
+        }
+        self.tx_one(label, from, count).await
+    }
+
+    async fn tx_one(
+        &self,
+        label: &'static str,
+        from: &[(i32, EntryId)],
+        count: usize,
+    ) -> Result<Value, ReadError> {
         let mut pipe = redis::pipe();
         pipe.atomic().ignore_errors();
         for (p, after) in from {
@@ -494,8 +563,36 @@ impl Streams {
             .await
     }
 
-    /// Blocks up to `block` until any stream has an entry after its position.
+    /// Blocks up to `block` until any stream has an entry after its position (on a cluster,
+    /// until a write to any of them is announced: [`wake`]).
     pub async fn wait(&self, from: &[(i32, EntryId)], block: Duration) -> Result<(), ReadError> {
+        if let Some(w) = &self.shared.conns.waker {
+            let parts: Vec<i32> = from.iter().map(|(p, _)| *p).collect();
+            let keys = &self.shared.keys;
+            let started = Instant::now();
+            let r = w
+                .wait(&parts, |p| keys.part(p).stream.clone(), block)
+                .await
+                .map_err(ReadError::from);
+            self.shared
+                .metrics
+                .redis_seconds
+                .with_label_values(&["wake"])
+                .observe(started.elapsed().as_secs_f64());
+            if let Err(e) = &r {
+                self.shared
+                    .metrics
+                    .redis_errors
+                    .with_label_values(&[e.kind()])
+                    .inc();
+            }
+            return r;
+        }
+        if self.cluster() {
+            // No wake-ups (a tool's handle): read again soon.
+            tokio::time::sleep(block.min(Duration::from_millis(50))).await;
+            return Ok(());
+        }
         let mut cmd = redis::cmd("XREAD");
         cmd.arg("COUNT")
             .arg(1)

@@ -10,10 +10,12 @@ use dashstream_gateway::preflight;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-async fn manager(url: &str) -> redis::aio::ConnectionManager {
-    redis::aio::ConnectionManager::new(redis::Client::open(url).unwrap())
-        .await
-        .unwrap()
+async fn manager(url: &str) -> dashstream::redis_config::RedisConn {
+    dashstream::redis_config::RedisConn::Single(
+        redis::aio::ConnectionManager::new(redis::Client::open(url).unwrap())
+            .await
+            .unwrap(),
+    )
 }
 
 async fn cmd(url: &str, args: &[&str]) {

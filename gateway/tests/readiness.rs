@@ -41,9 +41,11 @@ async fn a_tail_loop_left_behind_by_growing_streams_is_not_ready() {
             .unwrap();
 
         let metrics = Arc::new(Metrics::new(&prometheus::Registry::new()).unwrap());
-        let cm = redis::aio::ConnectionManager::new(client.clone())
-            .await
-            .unwrap();
+        let cm = dashstream::redis_config::RedisConn::Single(
+            redis::aio::ConnectionManager::new(client.clone())
+                .await
+                .unwrap(),
+        );
         let streams = Streams::new(
             cm.clone(),
             cm,

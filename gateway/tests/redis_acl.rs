@@ -31,7 +31,7 @@ fn tls_flags(s: &SecureServices, password: &Path, ca: &str) -> Vec<String> {
 }
 
 /// A connection as `dashstream-<tier>`, opened by the tiers' own settings code.
-async fn connect_as(s: &SecureServices, tier: &str) -> redis::aio::ConnectionManager {
+async fn connect_as(s: &SecureServices, tier: &str) -> dashstream::redis_config::RedisConn {
     RedisArgs {
         url: tls_url(s, &format!("dashstream-{tier}")),
         key_prefix: "acl".into(),
@@ -49,7 +49,7 @@ async fn connect_as(s: &SecureServices, tier: &str) -> redis::aio::ConnectionMan
 }
 
 /// The error Redis gives `cmd`, which must be a refusal by the ACL.
-async fn assert_noperm(c: &mut redis::aio::ConnectionManager, who: &str, cmd: &redis::Cmd) {
+async fn assert_noperm(c: &mut dashstream::redis_config::RedisConn, who: &str, cmd: &redis::Cmd) {
     let r: redis::RedisResult<redis::Value> = cmd.query_async(c).await;
     match r {
         Err(e)

@@ -440,13 +440,20 @@ fn streams_for(
     let (url, keys) = (url.to_string(), keys.clone());
     async move {
         let client = redis::Client::open(url.as_str()).unwrap();
-        let cm = || redis::aio::ConnectionManager::new(client.clone());
+        let cm = || async {
+            dashstream::redis_config::RedisConn::Single(
+                redis::aio::ConnectionManager::new(client.clone())
+                    .await
+                    .unwrap(),
+            )
+        };
         Streams::with_connections(
             Connections {
-                tail: cm().await.unwrap(),
-                watch: cm().await.unwrap(),
-                blocking: cm().await.unwrap(),
-                pool: vec![cm().await.unwrap(), cm().await.unwrap()],
+                tail: cm().await,
+                watch: cm().await,
+                blocking: cm().await,
+                waker: None,
+                pool: vec![cm().await, cm().await],
             },
             keys,
             StreamsOptions {

@@ -153,7 +153,8 @@ pub async fn run(
         return Err(IngestError::DlqTopicMissing(settings.dlq_topic.clone()));
     }
 
-    // Redis: one multiplexed, self-reconnecting connection shared by all partition workers.
+    // Redis: one multiplexed, self-reconnecting connection shared by all partition workers (a
+    // cluster connection routes each partition's writes to the master of its slot).
     let redis = tokio::select! {
         _ = stop.cancelled() => return stopped_early(http_stop),
         c = connect_redis(&settings, &health, &metrics) => match c {
@@ -391,7 +392,7 @@ async fn connect_redis(
     settings: &IngestSettings,
     health: &Health,
     metrics: &Metrics,
-) -> Result<redis::aio::ConnectionManager, String> {
+) -> Result<dashstream::redis_config::RedisConn, String> {
     let mut backoff = Backoff::new();
     loop {
         match settings.redis.connect().await {
@@ -409,7 +410,7 @@ async fn connect_redis(
     }
 }
 async fn ping_redis(
-    mut conn: redis::aio::ConnectionManager,
+    mut conn: dashstream::redis_config::RedisConn,
     health: Arc<Health>,
     timeout: Duration,
     stop: CancellationToken,

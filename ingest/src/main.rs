@@ -1,7 +1,7 @@
 //! The `ingest` binary: parse settings (exit 64 naming any bad one), set up tracing, bind the
 //! operations port, run until SIGTERM/SIGINT, drain and exit.
 
-use dashstream::config::{exit_config, parse_or_exit, EXIT_CONFIG};
+use dashstream::config::{check_config_or_continue, EXIT_CONFIG};
 use dashstream_ingest::IngestArgs;
 use std::process::ExitCode;
 
@@ -12,8 +12,8 @@ use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args: IngestArgs = parse_or_exit();
-    let settings = args.validate().unwrap_or_else(|e| exit_config(&e));
+    // With --check-config this exits here: 0 when the settings are good, 64 naming each problem.
+    let settings = check_config_or_continue(IngestArgs::validate);
     dashstream::telemetry::init("info,rdkafka=warn");
     let listener = match tokio::net::TcpListener::bind(settings.listen).await {
         Ok(l) => l,

@@ -30,7 +30,7 @@ pub fn interval(lag_interval: Duration) -> Duration {
 }
 
 pub struct RetentionMonitor {
-    pub redis: redis::aio::ConnectionManager,
+    pub redis: dashstream::redis_config::RedisConn,
     pub keys: StreamKeys,
     /// The group consumer, whose context knows the assignment (weak: this task does not keep
     /// the consumer alive).
@@ -84,23 +84,42 @@ impl RetentionMonitor {
         }
     }
 
-    /// One pipelined round trip for all `partitions`.
+    /// One pipelined round trip for all `partitions` (on a cluster, one per partition, all at
+    /// once: a pipeline's keys share a slot there).
     async fn measure(&mut self, partitions: &[i32]) -> Result<Vec<StreamHistory>, StoreError> {
-        let mut pipe = redis::pipe();
-        for p in partitions {
-            let key = self.keys.stream(*p);
-            pipe.cmd("XLEN").arg(&key);
-            pipe.cmd("XRANGE")
-                .arg(&key)
-                .arg("-")
-                .arg("+")
-                .arg("COUNT")
-                .arg(1);
-        }
-        let replies: Vec<redis::Value> =
-            tokio::time::timeout(self.timeout, pipe.query_async(&mut self.redis))
-                .await
-                .map_err(|_| StoreError::Timeout(self.timeout))??;
+        let pipe_of = |ps: &[i32]| {
+            let mut pipe = redis::pipe();
+            for p in ps {
+                let key = self.keys.stream(*p);
+                pipe.cmd("XLEN").arg(&key);
+                pipe.cmd("XRANGE")
+                    .arg(&key)
+                    .arg("-")
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(1);
+            }
+            pipe
+        };
+        let pipes: Vec<redis::Pipeline> = if self.redis.is_cluster() {
+            partitions
+                .iter()
+                .map(|p| pipe_of(std::slice::from_ref(p)))
+                .collect()
+        } else {
+            vec![pipe_of(partitions)]
+        };
+        let conn = &self.redis;
+        let all = futures::future::try_join_all(pipes.iter().map(|pipe| {
+            let mut c = conn.clone();
+            async move { pipe.query_async::<Vec<redis::Value>>(&mut c).await }
+        }));
+        let replies: Vec<redis::Value> = tokio::time::timeout(self.timeout, all)
+            .await
+            .map_err(|_| StoreError::Timeout(self.timeout))??
+            .into_iter()
+            .flatten()
+            .collect();
         if replies.len() != 2 * partitions.len() {
             return Err(StoreError::Reply(format!(
                 "{} replies to {} commands",

@@ -21,7 +21,7 @@
 //! to loading the script on `NOSCRIPT`), with no intermediate argument vectors.
 
 use dashstream::keys::StreamKeys;
-use redis::aio::ConnectionManager;
+use dashstream::redis_config::RedisConn;
 use redis::{Cmd, Script};
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -53,7 +53,6 @@ if not epoch then
   redis.call('HSET', KEYS[2], 'epoch', epoch, 'epoch_started_ms', ARGV[4], 'next_offset', next_offset)
 end
 redis.call('HSET', KEYS[2], 'owner', ARGV[1])
-redis.call('SADD', KEYS[3], ARGV[3])
 local m = redis.call('HMGET', KEYS[2], 'next_offset', 'progress_us')
 return {epoch, tonumber(m[1]), reason, tonumber(m[2] or '-1')}
 "#,
@@ -92,6 +91,21 @@ return {'OK', after}
 "#;
 
 static WRITE: LazyLock<Script> = LazyLock::new(|| Script::new(WRITE_SRC));
+
+/// The write on a Redis Cluster: the same, and a write that added entries then publishes the
+/// next offset on the shard channel named like the stream (same slot), which wakes the
+/// gateways' tails (one subscription connection per node; a single Redis wakes them with
+/// `XREAD BLOCK` instead, which a cluster cannot run across slots).
+static WRITE_NOTIFY_SRC: LazyLock<String> = LazyLock::new(|| {
+    let src = WRITE_SRC.replace(
+        "return {'OK', after}",
+        "if n >= 7 then redis.call('SPUBLISH', KEYS[1], after) end\nreturn {'OK', after}",
+    );
+    assert_ne!(src, WRITE_SRC, "the write script's last line moved");
+    src
+});
+
+static WRITE_NOTIFY: LazyLock<Script> = LazyLock::new(|| Script::new(&WRITE_NOTIFY_SRC));
 
 /// Why a claim found the stream the way it did (the script's reason, parsed in one place).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,7 +283,9 @@ impl WriteBatch {
 
 /// Writer of one partition's stream.
 pub struct PartitionStore {
-    conn: ConnectionManager,
+    conn: RedisConn,
+    /// Cluster: the write script that also publishes ([`WRITE_NOTIFY_SRC`]).
+    notify: bool,
     stream: String,
     meta: String,
     partitions: String,
@@ -280,13 +296,14 @@ pub struct PartitionStore {
 
 impl PartitionStore {
     pub fn new(
-        conn: ConnectionManager,
+        conn: RedisConn,
         keys: &StreamKeys,
         partition: i32,
         maxlen: u64,
         timeout: Duration,
     ) -> Self {
         Self {
+            notify: conn.is_cluster(),
             conn,
             stream: keys.stream(partition),
             meta: keys.meta(partition),
@@ -320,10 +337,16 @@ impl PartitionStore {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         let mut conn = self.conn.clone();
+        // The partition set first (its own slot on a cluster): a listed partition without a
+        // stream yet reads as empty.
+        let add = redis::cmd("SADD")
+            .arg(&self.partitions)
+            .arg(self.partition)
+            .clone();
+        self.bounded(add.query_async::<i64>(&mut conn)).await?;
         let mut inv = CLAIM.prepare_invoke();
         inv.key(&self.stream)
             .key(&self.meta)
-            .key(&self.partitions)
             .arg(owner)
             .arg(&epoch)
             .arg(self.partition)
@@ -344,8 +367,9 @@ impl PartitionStore {
     /// `expected`; fill it with [`WriteBatch::push`], close it with [`WriteBatch::finish`].
     pub fn batch(&self, owner: &str, expected: i64, ingest_ts_us: i64) -> WriteBatch {
         let mut cmd = Cmd::new();
+        let script = if self.notify { &*WRITE_NOTIFY } else { &*WRITE };
         cmd.arg("EVALSHA")
-            .arg(WRITE.get_hash())
+            .arg(script.get_hash())
             .arg(2)
             .arg(&self.stream)
             .arg(&self.meta)
@@ -375,7 +399,13 @@ impl PartitionStore {
         let (status, next_offset) = match first {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 let mut load = redis::cmd("SCRIPT");
-                load.arg("LOAD").arg(WRITE_SRC);
+                // On a cluster, SCRIPT LOAD goes to every master.
+                let src = if self.notify {
+                    WRITE_NOTIFY_SRC.as_str()
+                } else {
+                    WRITE_SRC
+                };
+                load.arg("LOAD").arg(src);
                 self.bounded(load.query_async::<String>(&mut conn)).await?;
                 self.bounded(batch.cmd.query_async::<(String, i64)>(&mut conn))
                     .await?
