@@ -174,6 +174,11 @@ struct ProvisionArgs {
     /// Retention of the DLQ topic, in hours (kept longer, for forensics).
     #[arg(long, env = "KAFKA_DLQ_RETENTION_HOURS", default_value_t = 24 * 14)]
     dlq_retention_hours: i64,
+    /// Check the settings (secret files read) and that every KAFKA_/REDIS_/INGEST_/GATEWAY_/
+    /// DASHSTREAM_ variable in the environment is one of them; print OK and exit 0, or exit 64
+    /// naming each problem. Connects to nothing.
+    #[arg(long = "check-config")]
+    check_config: bool,
 }
 
 #[derive(Args, Debug)]
@@ -371,9 +376,10 @@ async fn tail(a: TailArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn provision(a: ProvisionArgs) -> anyhow::Result<()> {
-    let conn = connection(&a.kafka, &a.topic);
-    let mut errors = ConfigErrors::default();
+/// `provision`'s settings, every problem reported at once.
+fn provision_settings(a: &ProvisionArgs) -> Result<(KafkaConnection, i32), ConfigErrors> {
+    let mut errors = a.topic.validate();
+    let conn = a.kafka.validate().map_err(|e| errors.extend(e)).ok();
     let replication_factor = match a.replication_factor {
         Some(rf) => rf,
         // One replica is right only for a broker on this machine (the local stack).
@@ -414,9 +420,29 @@ async fn provision(a: ProvisionArgs) -> anyhow::Result<()> {
             ));
         }
     }
-    if !errors.is_empty() {
-        exit_config(&errors);
+    match conn {
+        Some(conn) if errors.is_empty() => Ok((conn, replication_factor)),
+        _ => Err(errors),
     }
+}
+
+async fn provision(a: ProvisionArgs) -> anyhow::Result<()> {
+    let settings = provision_settings(&a);
+    if a.check_config {
+        use clap::CommandFactory;
+        let cli = Cli::command();
+        let cmd = cli
+            .find_subcommand("provision")
+            .expect("provision is a subcommand");
+        match dashstream::config::check_result(cmd, settings, std::env::vars_os()) {
+            Some(errors) => exit_config(&errors),
+            None => {
+                println!("dashstream provision: configuration OK");
+                return Ok(());
+            }
+        }
+    }
+    let (conn, replication_factor) = settings.unwrap_or_else(|e| exit_config(&e));
     check_access(&conn).await;
     let hour = 3_600_000;
     let specs = [
