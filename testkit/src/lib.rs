@@ -77,6 +77,27 @@ pub fn secure_services() -> SecureServices {
 }
 
 /// `name` from the environment, else from the services file.
+/// The local Redis Cluster (`deploy/local/redis-cluster.sh`, started by `services.sh up`):
+/// its URL (`redis+cluster://…`) and every node's port.
+pub fn redis_cluster() -> (String, Vec<u16>) {
+    match (
+        service_var("REDIS_CLUSTER_URL"),
+        service_var("REDIS_CLUSTER_PORTS"),
+    ) {
+        (Some(url), Some(ports)) => (
+            url,
+            ports
+                .split(',')
+                .map(|p| p.trim().parse().expect("a port"))
+                .collect(),
+        ),
+        _ => panic!(
+            "no Redis Cluster for the tests: run `deploy/local/services.sh up` (or ./test.sh), \
+             or set REDIS_CLUSTER_URL and REDIS_CLUSTER_PORTS"
+        ),
+    }
+}
+
 fn service_var(name: &str) -> Option<String> {
     if let Ok(v) = std::env::var(name) {
         return Some(v);
@@ -365,6 +386,24 @@ pub fn redis_patient() -> redis::AsyncConnectionConfig {
     redis::AsyncConnectionConfig::new()
         .set_response_timeout(Some(Duration::from_secs(30)))
         .set_connection_timeout(Some(Duration::from_secs(10)))
+}
+
+/// A test's own connection to the Redis at `url`, a single server or a cluster (any URL
+/// `REDIS_URL` accepts), reconnecting by itself, with patient deadlines like [`redis_patient`].
+pub async fn redis_conn(url: &str) -> redis::RedisResult<dashstream::redis_config::RedisConn> {
+    let args = dashstream::redis_config::RedisArgs {
+        url: url.to_string(),
+        key_prefix: "test".into(),
+        password_file: None,
+        tls_ca_file: None,
+        tls_cert_file: None,
+        tls_key_file: None,
+        command_timeout_ms: 30_000,
+    };
+    let settings = args.validate().map_err(|e| {
+        redis::RedisError::from((redis::ErrorKind::Client, "bad Redis URL", e.to_string()))
+    })?;
+    settings.connect().await
 }
 
 #[cfg(test)]

@@ -169,11 +169,7 @@ impl System {
         wait_for("a stream per partition", Duration::from_secs(60), || {
             let (url, key) = (url.clone(), key.clone());
             async move {
-                let mut c = redis::Client::open(url.as_str())
-                    .ok()?
-                    .get_multiplexed_async_connection()
-                    .await
-                    .ok()?;
+                let mut c = dashstream_testkit::redis_conn(&url).await.ok()?;
                 let v: Vec<i32> = redis::cmd("SMEMBERS")
                     .arg(&key)
                     .query_async(&mut c)

@@ -96,18 +96,16 @@ impl Harness {
         IngestProc::spawn(self, name, extra)
     }
 
-    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.redis_url.as_str())
-            .unwrap()
-            .get_multiplexed_async_connection_with_config(&dashstream_testkit::redis_patient())
+    /// A connection to the test's Redis (a single server or a cluster).
+    pub async fn redis(&self) -> dashstream::redis_config::RedisConn {
+        dashstream_testkit::redis_conn(&self.redis_url)
             .await
             .expect("redis connection")
     }
 
     /// `next_offset` of each partition's meta hash (-1 when absent or unreadable).
     pub async fn next_offsets(&self) -> Option<BTreeMap<i32, i64>> {
-        let client = redis::Client::open(self.redis_url.as_str()).ok()?;
-        let connect = client.get_multiplexed_async_connection();
+        let connect = dashstream_testkit::redis_conn(&self.redis_url);
         let mut c = tokio::time::timeout(Duration::from_secs(2), connect)
             .await
             .ok()?
@@ -455,10 +453,9 @@ impl Harness {
     /// One field of partition `p`'s meta hash (`epoch`, `next_offset`, `owner`...), `None` when
     /// absent or Redis does not answer.
     pub async fn meta_field(&self, p: i32, field: &str) -> Option<String> {
-        let client = redis::Client::open(self.redis_url.as_str()).ok()?;
         let mut c = tokio::time::timeout(
             Duration::from_secs(2),
-            client.get_multiplexed_async_connection(),
+            dashstream_testkit::redis_conn(&self.redis_url),
         )
         .await
         .ok()?
