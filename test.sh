@@ -46,6 +46,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo test (unit and integration tests against the real Kafka and Redis)"
 # Integration test binaries run one after another; each test has its own deadline.
 cargo test --workspace --locked -- --test-threads=2
+log "Kubernetes: helm lint/template, rendered manifests fresh, strict validation, contract (deploy/check.sh)"
+deploy/check.sh
 log "fuzzing: the record decoder, the cursor, client frames and the /ws query (FUZZ_SECONDS each)"
 fuzz/run.sh
 log "load-test smoke: fan-out and resume storm through nginx (Locust; docs/LOAD-TESTS.md)"
