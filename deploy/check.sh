@@ -12,12 +12,17 @@
 #      private mount namespace (unshare -m, as root) where /run holds them at the rendered
 #      paths; probes, ports, grace periods, alert rules and dashboard against their sources;
 #   4. the Dockerfile's static check (deploy/check-dockerfile.sh).
-# The binaries must be built (target/debug/{ingest,gateway,dashstream}; test.sh builds them).
+# The binaries: target/debug/{ingest,gateway,dashstream}, built here (a no-op after cargo test),
+# or those in DASHSTREAM_BIN_DIR.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=deploy/k8s-tools.sh
 source deploy/k8s-tools.sh
 BIN_DIR="${DASHSTREAM_BIN_DIR:-target/debug}"
+if [[ -z "${DASHSTREAM_BIN_DIR:-}" ]]; then
+  # A no-op after cargo test (the same dev profile), seconds otherwise.
+  cargo build --locked -q -p dashstream-ingest -p dashstream-gateway -p dashstream
+fi
 for b in ingest gateway dashstream; do
   [[ -x "$BIN_DIR/$b" ]] || { k8s_log "$BIN_DIR/$b is missing: cargo build --locked -p dashstream-ingest -p dashstream-gateway -p dashstream"; exit 1; }
 done
