@@ -46,6 +46,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo test (unit and integration tests against the real Kafka and Redis)"
 # Integration test binaries run one after another; each test has its own deadline.
 cargo test --workspace --locked -- --test-threads=2
+log "cargo test on the Redis Cluster: the ingest's exactly-once, the gateway's fan-out and resume tests, unchanged"
+# The same tests with REDIS_URL set to the local cluster (deploy/local/redis-cluster.sh); the
+# cluster's own tests (failover, live slot migration, wake-ups) are gateway/tests/cluster.rs.
+REDIS_URL="$REDIS_CLUSTER_URL" cargo test --locked -p dashstream-ingest --test exactly_once -- --test-threads=2
+REDIS_URL="$REDIS_CLUSTER_URL" cargo test --locked -p dashstream-gateway --test fanout --test resume -- --test-threads=2
 log "Kubernetes: helm lint/template, rendered manifests fresh, strict validation, contract (deploy/check.sh)"
 deploy/check.sh
 log "fuzzing: the record decoder, the cursor, client frames and the /ws query (FUZZ_SECONDS each)"
