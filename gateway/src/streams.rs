@@ -458,20 +458,11 @@ impl Streams {
     async fn tail_read(&self, from: &[(i32, EntryId)], count: usize) -> Result<Value, ReadError> {
         let budget = (self.shared.opts.tail_read_bytes / from.len()).max(1);
         if self.cluster() && from.len() > 1 {
-            // A script's keys share a slot on a cluster: one script per partition, all sent at
-            // once (each node's connection pipelines them), answers in the partitions' order.
-            let reads = from
-                .iter()
-                .map(|one| self.tail_script(std::slice::from_ref(one), count, budget));
-            let parts = futures::future::try_join_all(reads).await?;
-            let mut all = Vec::with_capacity(from.len());
-            for v in parts {
-                match v {
-                    Value::Array(a) => all.extend(a),
-                    _ => return Err(ReadError::Reply("read script: not an array")),
-                }
-            }
-            return Ok(Value::Array(all));
+            // A script's keys share a slot on a cluster: one script per partition.
+            return per_partition(from, "read script: not an array", |one| {
+                self.tail_script(one, count, budget)
+            })
+            .await;
         }
         self.tail_script(from, count, budget).await
     }
@@ -519,20 +510,12 @@ impl Streams {
         count: usize,
     ) -> Result<Value, ReadError> {
         if self.cluster() && from.len() > 1 {
-            // A transaction's keys share a slot on a cluster: one per partition, all at once;
-            // their answers in order are those of one transaction over all.
-            let reads = from
-                .iter()
-                .map(|one| self.tx_one(label, std::slice::from_ref(one), count));
-            let parts = futures::future::try_join_all(reads).await?;
-            let mut all = Vec::new();
-            for v in parts {
-                match v {
-                    Value::Array(a) => all.extend(a),
-                    _ => return Err(ReadError::Reply("read transaction: not an array")),
-                }
-            }
-            return Ok(Value::Array(all));
+            // A transaction's keys share a slot on a cluster: one per partition; their
+            // answers in order are those of one transaction over all.
+            return per_partition(from, "read transaction: not an array", |one| {
+                self.tx_one(label, one, count)
+            })
+            .await;
         }
         self.tx_one(label, from, count).await
     }
@@ -615,6 +598,30 @@ impl Streams {
             .await?;
         Ok(())
     }
+}
+
+/// Runs `read` for each partition of `from` on its own, all at once (each node's connection
+/// pipelines them), and joins the answers in the partitions' order into one array.
+async fn per_partition<'a, F, Fut>(
+    from: &'a [(i32, EntryId)],
+    shape: &'static str,
+    read: F,
+) -> Result<Value, ReadError>
+where
+    F: Fn(&'a [(i32, EntryId)]) -> Fut,
+    Fut: std::future::Future<Output = Result<Value, ReadError>>,
+{
+    let parts =
+        futures::future::try_join_all(from.iter().map(|one| read(std::slice::from_ref(one))))
+            .await?;
+    let mut all = Vec::with_capacity(from.len());
+    for v in parts {
+        match v {
+            Value::Array(a) => all.extend(a),
+            _ => return Err(ReadError::Reply(shape)),
+        }
+    }
+    Ok(Value::Array(all))
 }
 
 /// Key names, built once per partition.
