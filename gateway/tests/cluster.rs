@@ -269,6 +269,25 @@ async fn start(name: &str, partitions: i32) -> Run {
 }
 
 impl Run {
+    /// Waits until partition `p`'s stream holds more than `n` entries.
+    async fn wait_written(&self, p: i32, n: i64) {
+        let c = dashstream_testkit::redis_conn(&self.sys.redis_url)
+            .await
+            .unwrap();
+        let k = StreamKeys::new(&self.sys.prefix, &self.sys.topic).stream(p);
+        testkit::wait_for(
+            &format!("partition {p} written"),
+            Duration::from_secs(60),
+            || {
+                let (mut c, k) = (c.clone(), k.clone());
+                async move {
+                    let len: i64 = redis::cmd("XLEN").arg(&k).query_async(&mut c).await.ok()?;
+                    (len > n).then_some(())
+                }
+            },
+        )
+        .await;
+    }
     /// Waits until every client holds or was told about every event of `want`.
     async fn wait_covered(&self, want: &BTreeSet<(i32, i64, u32)>) {
         let ts = self.tallies.clone();
@@ -393,25 +412,13 @@ async fn a_master_killed_under_load_loses_nothing_silently() {
             .produce(run.sys.produce_options(16_000, Some(2_000.0)));
         let kill = async {
             // Once partition 0 is being written, its master dies.
-            let mut c = dashstream_testkit::redis_conn(&run.sys.redis_url)
-                .await
-                .unwrap();
-            testkit::wait_for("partition 0 written", Duration::from_secs(60), || {
-                let mut c = c.clone();
-                let k = keys.stream(0);
-                async move {
-                    let n: i64 = redis::cmd("XLEN").arg(&k).query_async(&mut c).await.ok()?;
-                    (n > 1_000).then_some(())
-                }
-            })
-            .await;
+            run.wait_written(0, 1_000).await;
             cluster_cmd(&["kill-node", &victim.port.to_string()]);
             let restart = Restart(victim.port);
             // Its replica takes over; writes and reads follow without a restart.
             tokio::task::spawn_blocking(|| cluster_cmd(&["wait-ok", "60"]))
                 .await
                 .unwrap();
-            let _: () = redis::cmd("PING").query_async(&mut c).await.unwrap_or(());
             restart
         };
         let (report, restart) = tokio::join!(produce, kill);
@@ -513,20 +520,8 @@ async fn a_slot_migrated_live_loses_and_doubles_nothing() {
             .sys
             .produce(run.sys.produce_options(16_000, Some(2_000.0)));
         let migrate = async {
-            let mut c = dashstream_testkit::redis_conn(&run.sys.redis_url)
-                .await
-                .unwrap();
-            testkit::wait_for("partition 1 written", Duration::from_secs(60), || {
-                let mut c = c.clone();
-                let k = keys.stream(1);
-                async move {
-                    let n: i64 = redis::cmd("XLEN").arg(&k).query_async(&mut c).await.ok()?;
-                    (n > 1_000).then_some(())
-                }
-            })
-            .await;
+            run.wait_written(1, 1_000).await;
             migrate_slot(s, &from, &to, &ns).await;
-            let _: () = redis::cmd("PING").query_async(&mut c).await.unwrap_or(());
         };
         let (report, ()) = tokio::join!(produce, migrate);
         assert_eq!(
