@@ -15,7 +15,7 @@
 # $DASHSTREAM_STATE_DIR/tls/passwords/redis-{ingest,gateway}.password:
 #   dashstream-ingest   what the ingest runs, on keys under acl:* only
 #   dashstream-gateway  reads only (read-only key permission, EVALSHA_RO), on acl:* only
-# (docs/SECURITY.md; the rules are ACL_INGEST and ACL_GATEWAY below). Redis users are not
+# (docs/SECURITY.md; the rules are ACL_INGEST and ACL_GATEWAY in redis-acl.sh). Redis users are not
 # tied to a port: the default user answers on the TLS port too. In production it is disabled.
 # start: idempotent. Reuses a running server; otherwise restarts on the saved
 #        port (a new free port if someone else took it; the data is kept) and
@@ -27,6 +27,8 @@ set -euo pipefail
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source-path=SCRIPTDIR source=redis-acl.sh
+source "$(dirname "${BASH_SOURCE[0]}")/redis-acl.sh"
 
 REDIS_DIR="$DASHSTREAM_STATE_DIR/redis"
 REDIS_DATA="$REDIS_DIR/data"
@@ -38,15 +40,6 @@ REDIS_START_TIMEOUT="${REDIS_START_TIMEOUT:-30}"
 
 REDIS_PORT=""
 REDIS_TLS_PORT=""
-
-# The key pattern of the local ACL users: a deployment's prefix, `<prefix>:*` (docs/SECURITY.md).
-ACL_KEYS="acl:*"
-# Connection set-up, as redis-rs sends it.
-ACL_CONNECT="+ping +hello +auth +client|setname +select +info"
-# The ingest: its scripts (ingest/src/store.rs), every command they run, the retention sampler.
-ACL_INGEST="resetkeys ~$ACL_KEYS resetchannels -@all $ACL_CONNECT +evalsha +eval +script|load +multi +exec +discard +xadd +xtrim +xrange +xrevrange +xlen +xinfo|stream +hget +hmget +hset +sadd +smembers +exists +unlink"
-# The gateway: reads only, keys readable but never writable (%R), its script by EVALSHA_RO.
-ACL_GATEWAY="resetkeys %R~$ACL_KEYS resetchannels -@all $ACL_CONNECT +config|get +evalsha_ro +eval_ro +multi +exec +discard +xread +xrange +xrevrange +xlen +xinfo|stream +hget +smembers +exists"
 
 load_saved_env() {
   REDIS_PORT="" REDIS_TLS_PORT=""
@@ -66,11 +59,6 @@ print_env() {
   if [[ -n "$REDIS_TLS_PORT" ]]; then
     printf 'REDIS_TLS_URL=rediss://127.0.0.1:%s\n' "$REDIS_TLS_PORT"
   fi
-}
-
-# acl_password_hash USER: the SHA-256 of the user's password, as an ACL `#` rule takes it.
-acl_password_hash() {
-  printf '%s' "$(tr -d '\n' <"$1/passwords/redis-$2.password")" | sha256sum | cut -d' ' -f1
 }
 
 ensure_redis_installed() {

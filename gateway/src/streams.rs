@@ -417,7 +417,8 @@ impl Streams {
         if from.is_empty() {
             return Ok(Vec::new());
         }
-        // The tail's entry reads are the script's; everything else is a transaction.
+        // The tail's entry reads are the script's; everything else is a transaction (the
+        // script too on a cluster: [`Self::tx_read`]).
         let (v, scripted) = match (self.role, count) {
             (Role::Tail, n) if n > 0 => (self.tail_read(from, n).await?, true),
             (Role::History, n) if n > 0 => {
@@ -432,11 +433,11 @@ impl Streams {
                     .metrics
                     .history_wait
                     .observe(waited.elapsed().as_secs_f64());
-                (self.tx_read("history", from, n).await?, false)
+                self.tx_read("history", from, n).await?
             }
-            (Role::Tail, _) => (self.tx_read("read", from, 0).await?, false),
-            (Role::Watch, n) => (self.tx_read("watch", from, n).await?, false),
-            (Role::History, _) => (self.tx_read("check", from, 0).await?, false),
+            (Role::Tail, _) => self.tx_read("read", from, 0).await?,
+            (Role::Watch, n) => self.tx_read("watch", from, n).await?,
+            (Role::History, _) => self.tx_read("check", from, 0).await?,
         };
         let (reads, dropped) = if scripted {
             reply::script_reads(v, from.len())
@@ -460,15 +461,16 @@ impl Streams {
         if self.cluster() && from.len() > 1 {
             // A script's keys share a slot on a cluster: one script per partition.
             return per_partition(from, "read script: not an array", |one| {
-                self.tail_script(one, count, budget)
+                self.tail_script("read", one, count, budget)
             })
             .await;
         }
-        self.tail_script(from, count, budget).await
+        self.tail_script("read", from, count, budget).await
     }
 
     async fn tail_script(
         &self,
+        label: &'static str,
         from: &[(i32, EntryId)],
         count: usize,
         budget: usize,
@@ -498,7 +500,7 @@ impl Streams {
                 other => other,
             }
         };
-        self.timed("read", self.shared.opts.timeout, read).await
+        self.timed(label, self.shared.opts.timeout, read).await
     }
 
     /// `MULTI`, then per partition `HGET epoch`, `XINFO STREAM` and (with a count) `XRANGE`,
@@ -508,16 +510,19 @@ impl Streams {
         label: &'static str,
         from: &[(i32, EntryId)],
         count: usize,
-    ) -> Result<Value, ReadError> {
-        if self.cluster() && from.len() > 1 {
-            // A transaction's keys share a slot on a cluster: one per partition; their
-            // answers in order are those of one transaction over all.
-            return per_partition(from, "read transaction: not an array", |one| {
-                self.tx_one(label, one, count)
+    ) -> Result<(Value, bool), ReadError> {
+        if self.cluster() {
+            // A transaction's keys must share a slot on a cluster, and one that meets a slot
+            // being moved fails whole: the client follows MOVED and ASK for a command, not for
+            // the commands queued in a MULTI. The read script reads the same (the script is
+            // one command, so it is redirected), one per partition, without a byte budget.
+            let v = per_partition(from, "read script: not an array", |one| {
+                self.tail_script(label, one, count, usize::MAX)
             })
-            .await;
+            .await?;
+            return Ok((v, true));
         }
-        self.tx_one(label, from, count).await
+        Ok((self.tx_one(label, from, count).await?, false))
     }
 
     async fn tx_one(

@@ -2,7 +2,8 @@
 //! `deploy/local/redis-cluster.sh`), while events flow:
 //! - a master killed (its replica promoted) ends with every client holding every event once,
 //!   or with a gap naming what asynchronous replication lost, never a silent hole;
-//! - one partition's slot migrated live to another master loses and doubles nothing;
+//! - one partition's slot migrated live to another master loses and doubles nothing, with
+//!   both tiers connected as their least-privilege ACL users (no Redis error counted);
 //! - partitions spread over the masters, and the tail wakes by shard channels (every client
 //!   gets every event although no `XREAD BLOCK` can span the cluster's slots).
 //!
@@ -229,17 +230,48 @@ fn follow(
 
 struct Run {
     sys: System,
-    _gateways: Vec<Running>,
-    _ingest: Running,
+    gateways: Vec<Running>,
+    ingest: Running,
     tallies: Vec<Arc<Mutex<Tally>>>,
     readers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 async fn start(name: &str, partitions: i32) -> Run {
+    start_as(name, partitions, false).await
+}
+
+/// Like [`start`]; with `least_privilege`, the tiers connect as the cluster's ACL users
+/// (`deploy/local/redis-acl.sh`, docs/SECURITY.md), on the users' prefix `acl:`.
+async fn start_as(name: &str, partitions: i32, least_privilege: bool) -> Run {
     let (url, _) = dashstream_testkit::redis_cluster();
-    let sys = System::new(name, partitions, Some(url)).await;
-    let gateways = vec![sys.gateway("g1", &[]).await, sys.gateway("g2", &[]).await];
-    let ingest = sys.ingest(&[]).await;
+    let mut sys = System::new(name, partitions, Some(url.clone())).await;
+    let mut tiers = [(sys.clone(), Vec::new()), (sys.clone(), Vec::new())];
+    if least_privilege {
+        let s = dashstream_testkit::secure_services();
+        sys.prefix = format!("acl:{}", sys.topic);
+        for (i, tier) in ["gateway", "ingest"].into_iter().enumerate() {
+            let login = format!("redis+cluster://dashstream-{tier}@");
+            tiers[i] = (
+                System {
+                    redis_url: url.replacen("redis+cluster://", &login, 1),
+                    ..sys.clone()
+                },
+                vec![format!(
+                    "--redis-password-file={}",
+                    s.file(&format!("passwords/redis-{tier}.password"))
+                        .display()
+                )],
+            );
+        }
+    }
+    let [(gw_sys, gw_flags), (in_sys, in_flags)] = &tiers;
+    let gw_flags: Vec<&str> = gw_flags.iter().map(String::as_str).collect();
+    let in_flags: Vec<&str> = in_flags.iter().map(String::as_str).collect();
+    let gateways = vec![
+        gw_sys.gateway("g1", &gw_flags).await,
+        gw_sys.gateway("g2", &gw_flags).await,
+    ];
+    let ingest = in_sys.ingest(&in_flags).await;
     let addrs: Vec<String> = gateways.iter().map(|g| g.addr.clone()).collect();
     let mut tallies = Vec::new();
     let mut readers = Vec::new();
@@ -261,8 +293,8 @@ async fn start(name: &str, partitions: i32) -> Run {
     .await;
     Run {
         sys,
-        _gateways: gateways,
-        _ingest: ingest,
+        gateways,
+        ingest,
         tallies,
         readers,
     }
@@ -314,6 +346,43 @@ impl Run {
         )
         .await;
         assert!(ok.is_ok(), "events missing per client: {:?}", lacking());
+    }
+
+    /// Neither tier counted a Redis error (a command refused by the ACL is one, retried).
+    async fn assert_no_redis_errors(&self) {
+        use dashstream_testkit::{http_get, metric_sum, parse_metrics};
+        let metrics = |addr: String| async move {
+            let (status, text) = http_get(&addr, "/metrics").await.unwrap();
+            assert_eq!(status, 200);
+            parse_metrics(&text)
+        };
+        for g in &self.gateways {
+            let m = metrics(g.addr.clone()).await;
+            assert!(m
+                .iter()
+                .any(|m| m.name == "dashstream_gateway_redis_errors_total"));
+            assert_eq!(
+                metric_sum(&m, "dashstream_gateway_redis_errors_total", &[]),
+                0.0,
+                "gateway {} Redis errors: {:?}",
+                g.addr,
+                m.iter()
+                    .filter(|m| m.name == "dashstream_gateway_redis_errors_total" && m.value > 0.0)
+                    .map(|m| (&m.labels, m.value))
+                    .collect::<Vec<_>>()
+            );
+        }
+        let m = metrics(self.ingest.addr.clone()).await;
+        assert!(metric_sum(&m, "dashstream_ingest_events_written_total", &[]) > 0.0);
+        assert_eq!(
+            metric_sum(
+                &m,
+                "dashstream_ingest_infra_errors_total",
+                &[("system", "redis")]
+            ),
+            0.0,
+            "ingest Redis errors"
+        );
     }
 
     /// Partitions' streams in Redis: every produced event once.
@@ -501,12 +570,14 @@ async fn migrate_slot(s: u16, from: &Node, to: &Node, all: &[Node]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_slot_migrated_live_loses_and_doubles_nothing() {
+async fn a_slot_migrated_live_loses_and_doubles_nothing_with_least_privilege_users() {
     deadline(300, async {
         let _turn = SHAPE.lock().await;
         let (_, ports) = dashstream_testkit::redis_cluster();
         cluster_cmd(&["wait-ok", "60"]);
-        let run = start("cl-migrate", 4).await;
+        // As the ACL users: what the migration needs (ASKING, the slots' refresh, the shard
+        // channels' resubscription) is in their rules, and nothing they run is refused.
+        let run = start_as("cl-migrate", 4, true).await;
         let keys = StreamKeys::new(&run.sys.prefix, &run.sys.topic);
         let s = slot(&keys.stream(1));
         let ns = nodes(&ports).await;
@@ -544,6 +615,7 @@ async fn a_slot_migrated_live_loses_and_doubles_nothing() {
             assert_eq!(t.events, want, "client {i}");
         }
         run.assert_streams_exactly_once(&want).await;
+        run.assert_no_redis_errors().await;
     })
     .await;
 }
