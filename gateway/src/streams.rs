@@ -380,12 +380,16 @@ impl Streams {
             .redis_seconds
             .with_label_values(&[command])
             .observe(started.elapsed().as_secs_f64());
-        if let Err(e) = &r {
-            self.shared
+        match &r {
+            // Read again by script at once ([`Self::tx_read`]): not a failure.
+            Err(ReadError::Redis(e)) if redirected(e) => {}
+            Err(e) => self
+                .shared
                 .metrics
                 .redis_errors
                 .with_label_values(&[e.kind()])
-                .inc();
+                .inc(),
+            Ok(_) => {}
         }
         r
     }
@@ -417,10 +421,11 @@ impl Streams {
         if from.is_empty() {
             return Ok(Vec::new());
         }
-        // The tail's entry reads are the script's; everything else is a transaction (the
-        // script too on a cluster: [`Self::tx_read`]).
-        let (v, scripted) = match (self.role, count) {
-            (Role::Tail, n) if n > 0 => (self.tail_read(from, n).await?, true),
+        // The tail's entry reads are the script's; everything else is a transaction.
+        let (reads, dropped) = match (self.role, count) {
+            (Role::Tail, n) if n > 0 => {
+                parsed(Answer::Script(self.tail_read(from, n).await?), from, n)?
+            }
             (Role::History, n) if n > 0 => {
                 let waited = Instant::now();
                 let _permit = self
@@ -439,15 +444,6 @@ impl Streams {
             (Role::Watch, n) => self.tx_read("watch", from, n).await?,
             (Role::History, _) => self.tx_read("check", from, 0).await?,
         };
-        let (reads, dropped) = if scripted {
-            reply::script_reads(v, from.len())
-        } else {
-            reply::tx_reads(v, from, count)
-        }
-        .map_err(|e| match e {
-            reply::Problem::Shape(s) => ReadError::Reply(s),
-            reply::Problem::Server(e) => ReadError::Redis(e.into()),
-        })?;
         if dropped > 0 {
             // Entries without a usable ID cannot be handed on at a position: count them here.
             self.shared.metrics.decode_errors.inc_by(dropped);
@@ -504,25 +500,44 @@ impl Streams {
     }
 
     /// `MULTI`, then per partition `HGET epoch`, `XINFO STREAM` and (with a count) `XRANGE`,
-    /// then `EXEC`. `XINFO` fails on a missing stream: that answer is kept, not raised.
+    /// then `EXEC`. `XINFO` fails on a missing stream: that answer is kept, not raised. On a
+    /// cluster, one transaction per partition; one whose slot has moved is read by script.
     async fn tx_read(
         &self,
         label: &'static str,
         from: &[(i32, EntryId)],
         count: usize,
-    ) -> Result<(Value, bool), ReadError> {
-        if self.cluster() {
-            // A transaction's keys must share a slot on a cluster, and one that meets a slot
-            // being moved fails whole: the client follows MOVED and ASK for a command, not for
-            // the commands queued in a MULTI. The read script reads the same (the script is
-            // one command, so it is redirected), one per partition, without a byte budget.
-            let v = per_partition(from, "read script: not an array", |one| {
-                self.tail_script(label, one, count, usize::MAX)
-            })
-            .await?;
-            return Ok((v, true));
+    ) -> Result<(Vec<PartRead>, u64), ReadError> {
+        if !self.cluster() {
+            return parsed(
+                Answer::Tx(self.tx_one(label, from, count).await?),
+                from,
+                count,
+            );
         }
-        Ok((self.tx_one(label, from, count).await?, false))
+        // A transaction's keys share a slot on a cluster: one per partition, all at once.
+        let parts = futures::future::try_join_all(from.iter().map(|one| async move {
+            let one = std::slice::from_ref(one);
+            match self.tx_one(label, one, count).await {
+                // The slot moved: the client follows MOVED and ASK for a command, not for
+                // the commands of a MULTI. The read script reads the same and is one command,
+                // so it is redirected (and the client learns the slot's new node).
+                Err(ReadError::Redis(e)) if redirected(&e) => parsed(
+                    Answer::Script(self.tail_script(label, one, count, usize::MAX).await?),
+                    one,
+                    count,
+                ),
+                r => parsed(Answer::Tx(r?), one, count),
+            }
+        }))
+        .await?;
+        let mut reads = Vec::with_capacity(from.len());
+        let mut dropped = 0;
+        for (r, d) in parts {
+            reads.extend(r);
+            dropped += d;
+        }
+        Ok((reads, dropped))
     }
 
     async fn tx_one(
@@ -603,6 +618,40 @@ impl Streams {
             .await?;
         Ok(())
     }
+}
+
+/// A read's reply, by the kind of read that made it.
+enum Answer {
+    Script(Value),
+    Tx(Value),
+}
+
+fn parsed(
+    a: Answer,
+    from: &[(i32, EntryId)],
+    count: usize,
+) -> Result<(Vec<PartRead>, u64), ReadError> {
+    match a {
+        Answer::Script(v) => reply::script_reads(v, from.len()),
+        Answer::Tx(v) => reply::tx_reads(v, from, count),
+    }
+    .map_err(|e| match e {
+        reply::Problem::Shape(s) => ReadError::Reply(s),
+        reply::Problem::Server(e) => ReadError::Redis(e.into()),
+    })
+}
+
+/// A transaction refused whole because its slot is served elsewhere now, or is moving
+/// (`MOVED` or `ASK` for its commands): only on a cluster.
+fn redirected(e: &redis::RedisError) -> bool {
+    use redis::ServerErrorKind::{Ask, ExecAbort, Moved};
+    e.kind() == redis::ErrorKind::Server(ExecAbort)
+        && e.clone().into_server_errors().is_some_and(|errs| {
+            !errs.is_empty()
+                && errs
+                    .iter()
+                    .all(|(_, se)| matches!(se.kind(), Some(Moved | Ask)))
+        })
 }
 
 /// Runs `read` for each partition of `from` on its own, all at once (each node's connection
