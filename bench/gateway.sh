@@ -139,7 +139,7 @@ ingest_pid=$!
 
 log "warming up: one record per partition at least"
 "$BIN/dashstream" produce --count 1200 --rate 0 --threads 1000 >&2
-wait_for "$PARTITIONS partition streams" 60 bash -c "[[ \$(redis-cli -p $redis_port scard $run_id:$run_id:partitions) == $PARTITIONS ]]"
+wait_for "$PARTITIONS partition streams" 60 bash -c "[[ \$(redis-cli -p $redis_port scard '$run_id:{$run_id}:partitions') == $PARTITIONS ]]"
 host="$(uname -n) ($(nproc) cores, $(awk '/^model name/ {sub(/.*: /, ""); print; exit}' /proc/cpuinfo))"
 emit "{\"kind\":\"run\",\"date\":\"$(date -u +%FT%TZ)\",\"commit\":\"$(git rev-parse --short HEAD 2>/dev/null || echo ?)\",\"gateway_bin\":\"$GATEWAY_BIN\",\"label\":\"${BENCH_LABEL:-}\",\"format\":\"$FORMAT\",\"host\":\"$host\",\"warmup_secs\":$WARMUP,\"secs\":$SECS,\"load_start\":$(cut -d' ' -f1 /proc/loadavg)}"
 

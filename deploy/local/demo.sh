@@ -136,7 +136,7 @@ DashStream demo is running (topic $TOPIC, $PARTITIONS partitions, $RATE events/s
                     $BIN/dashstream tail ws --url ws://127.0.0.1:$lb_port/ws --token "\$(cat $logdir/token)"
   a token for one tenant: $BIN/dashstream token --secret-file $secret --audience dashstream-demo --tenants tenant-0
   gateway metrics:  $(for p in "${gw_ports[@]}"; do printf 'http://127.0.0.1:%s/metrics  ' "$p"; done)
-  watch a stream:   redis-cli -u $REDIS_URL XREVRANGE dashstream:$TOPIC:0 + - COUNT 3
+  watch a stream:   redis-cli -u $REDIS_URL XREVRANGE 'dashstream:{$TOPIC:0}' + - COUNT 3
 $monitoring_info
   logs:             $logdir
 Press Ctrl-C to stop.
