@@ -30,6 +30,9 @@
 #   BENCH_GATEWAY_BIN   gateway binary to measure (default target/release/gateway, built here)
 #   BENCH_OUT           JSON lines of every figure (default .local/bench-gateway-<time>.jsonl)
 #   BENCH_LABEL         a note printed with the figures (e.g. which gateway build)
+#   BENCH_REDIS         single (default) or cluster: the local Redis Cluster (bench/redis-target.sh);
+#                       the reference server reads with one XREAD over every stream, which a
+#                       cluster refuses, so on a cluster only the gateway is measured
 #   GATEWAY_*           passed on to the gateway
 # The defaults take about 3 minutes after the build.
 set -euo pipefail
@@ -38,7 +41,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source deploy/local/lib.sh
 
 SCENARIOS="${BENCH_SCENARIOS:-1000x200 100x1000 100x5000 100x10000 100x20000}"
-SERVERS="${BENCH_SERVERS:-gateway ref}"
+if [[ "${BENCH_REDIS:-single}" == cluster ]]; then
+  SERVERS="${BENCH_SERVERS:-gateway}"
+  [[ " $SERVERS " != *" ref "* ]] || die "BENCH_SERVERS: the reference server cannot read a Redis Cluster (one XREAD over all slots)"
+else
+  SERVERS="${BENCH_SERVERS:-gateway ref}"
+fi
 WARMUP="${BENCH_WARMUP_SECS:-3}"
 LEAD="${BENCH_PRODUCER_LEAD_SECS:-2}"
 SECS="${BENCH_SECS:-10}"
@@ -74,8 +82,8 @@ source "$(deploy/local/services.sh path)"
 set +a
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 (($(ulimit -n) > IDLE + 1000)) || die "ulimit -n is $(ulimit -n): too low for BENCH_IDLE=$IDLE"
-redis_port="${REDIS_URL##*:}"
-redis_port="${redis_port%%/*}"
+# shellcheck source=redis-target.sh
+source bench/redis-target.sh
 
 run_id="bench-gw-$(date +%s)-$$"
 OUT="${BENCH_OUT:-$DASHSTREAM_STATE_DIR/bench-gateway-$(date +%Y%m%d-%H%M%S).jsonl}"
@@ -90,7 +98,7 @@ cleanup() {
     [[ -n "$p" ]] && kill "$p" 2>/dev/null || true
   done
   wait 2>/dev/null || true
-  redis-cli -p "$redis_port" --scan --pattern "$run_id*" | xargs -r redis-cli -p "$redis_port" del >/dev/null || true
+  bench_redis_del "$run_id*" || true
   deploy/local/kafka.sh topics --delete --topic "$run_id" >/dev/null 2>&1 || true
   deploy/local/kafka.sh topics --delete --topic "$run_id-dlq" >/dev/null 2>&1 || true
 }
@@ -139,9 +147,10 @@ ingest_pid=$!
 
 log "warming up: one record per partition at least"
 "$BIN/dashstream" produce --count 1200 --rate 0 --threads 1000 >&2
-wait_for "$PARTITIONS partition streams" 60 bash -c "[[ \$(redis-cli -p $redis_port scard '$run_id:{$run_id}:partitions') == $PARTITIONS ]]"
+partitions_written() { [[ "$(bench_redis scard "$run_id:{$run_id}:partitions")" == "$PARTITIONS" ]]; }
+wait_for "$PARTITIONS partition streams" 60 partitions_written
 host="$(uname -n) ($(nproc) cores, $(awk '/^model name/ {sub(/.*: /, ""); print; exit}' /proc/cpuinfo))"
-emit "{\"kind\":\"run\",\"date\":\"$(date -u +%FT%TZ)\",\"commit\":\"$(git rev-parse --short HEAD 2>/dev/null || echo ?)\",\"gateway_bin\":\"$GATEWAY_BIN\",\"label\":\"${BENCH_LABEL:-}\",\"format\":\"$FORMAT\",\"host\":\"$host\",\"warmup_secs\":$WARMUP,\"secs\":$SECS,\"load_start\":$(cut -d' ' -f1 /proc/loadavg)}"
+emit "{\"kind\":\"run\",\"date\":\"$(date -u +%FT%TZ)\",\"commit\":\"$(git rev-parse --short HEAD 2>/dev/null || echo ?)\",\"gateway_bin\":\"$GATEWAY_BIN\",\"label\":\"${BENCH_LABEL:-}\",\"format\":\"$FORMAT\",\"redis\":\"$BENCH_REDIS\",\"host\":\"$host\",\"warmup_secs\":$WARMUP,\"secs\":$SECS,\"load_start\":$(cut -d' ' -f1 /proc/loadavg)}"
 
 log "1) live scenarios: $SCENARIOS (servers: $SERVERS; ${WARMUP}s warm-up, ${SECS}s window)"
 for sc in $SCENARIOS; do
@@ -211,6 +220,7 @@ import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 run = rows[0]
 print(f"gateway fan-out, {run['date']}, commit {run['commit']}, {run['host']}, format={run['format']}, "
+      f"redis={run.get('redis', 'single')}, "
       f"window {run['secs']}s after {run['warmup_secs']}s warm-up, gateway {run['gateway_bin']}"
       + (f" ({run['label']})" if run.get("label") else ""))
 end = next((r for r in rows if r["kind"] == "end"), None)

@@ -37,21 +37,14 @@ set -a
 # shellcheck disable=SC1091
 source "$(deploy/local/services.sh path)"
 set +a
-redis_port="${REDIS_URL##*:}"
-redis_port="${redis_port%%/*}"
+# shellcheck source=redis-target.sh
+source bench/redis-target.sh
 
-# The servers' pids, from the pid files deploy/local/{redis,kafka}.sh keep, checked against
-# the processes: the Redis must be the one on $redis_port, the JVM the broker of our config.
-redis_pidfile="$DASHSTREAM_STATE_DIR/redis/redis.pid"
+# The broker's pid, from the pid file deploy/local/kafka.sh keeps, checked against the process.
 kafka_pidfile="$DASHSTREAM_STATE_DIR/kafka/kafka.pid"
-pid_alive "$redis_pidfile" redis-server || die "no running Redis in $redis_pidfile"
 pid_alive "$kafka_pidfile" "$DASHSTREAM_STATE_DIR/kafka/server.properties" ||
   die "no running Kafka broker in $kafka_pidfile"
-redis_pid="$(read_pid "$redis_pidfile")"
 kafka_pid="$(read_pid "$kafka_pidfile")"
-served_by="$(redis-cli -p "$redis_port" info server | tr -d '\r' | sed -n 's/^process_id://p')"
-[[ "$served_by" == "$redis_pid" ]] ||
-  die "Redis on port $redis_port is pid ${served_by:-?}, but $redis_pidfile says $redis_pid"
 CLK_TCK="$(getconf CLK_TCK)"
 
 load_start="$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -63,7 +56,7 @@ cleanup() {
     kill "$ingest_pid" 2>/dev/null || true
     wait "$ingest_pid" 2>/dev/null || true
   fi
-  redis-cli -p "$redis_port" --scan --pattern "$run_id*" | xargs -r redis-cli -p "$redis_port" del >/dev/null || true
+  bench_redis_del "$run_id*" || true
   deploy/local/kafka.sh topics --delete --topic "$run_id" >/dev/null 2>&1 || true
   deploy/local/kafka.sh topics --delete --topic "$run_id-dlq" >/dev/null 2>&1 || true
   if ((${#groups[@]})); then
@@ -81,16 +74,20 @@ log "preloading $EVENTS events (200-byte payloads)"
 "$BIN/dashstream" produce --count "$EVENTS" --rate 0 --payload-bytes 200 --threads 1000 >&2
 
 # measure_window PORT: poll the ingest's /metrics (one kept-alive connection, more often as the
-# end nears) until all $EVENTS are written; sample utime+stime of the ingest, Redis and Kafka
-# at the first and at the last poll. Prints: events seconds ingest_ticks redis_ticks kafka_ticks.
+# end nears) until all $EVENTS are written; sample utime+stime of the ingest, Kafka and the
+# Redis servers (summed) at the first and at the last poll. Prints: events seconds ingest_ticks
+# redis_ticks kafka_ticks.
 measure_window() {
-  python3 - "$1" "$EVENTS" "$ingest_pid" "$redis_pid" "$kafka_pid" <<'PY'
+  python3 - "$1" "$EVENTS" "$ingest_pid" "$kafka_pid" "${BENCH_REDIS_PIDS[@]}" <<'PY'
 import http.client, os, sys, time
-port, total, *pids = (int(a) for a in sys.argv[1:])
-def ticks(pid):
+port, total, ingest, kafka, *redis = (int(a) for a in sys.argv[1:])
+def one(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+def ticks():
+    return [one(ingest), sum(one(p) for p in redis), one(kafka)]
+pids = [ingest]
 conn = None
 def written():
     global conn
@@ -113,9 +110,9 @@ while True:
     now = time.monotonic()
     if n:
         if start is None:
-            start = (n, now, [ticks(p) for p in pids])
+            start = (n, now, ticks())
         if n >= total:
-            end = [ticks(p) for p in pids]
+            end = ticks()
             break
     try:
         os.kill(pids[0], 0)
@@ -134,14 +131,6 @@ print(total - start[0], now - start[1], *(e - s for e, s in zip(end, start[2])))
 PY
 }
 
-# proc_ticks PID: utime+stime of PID in clock ticks (fields 14 and 15 of /proc/PID/stat).
-proc_ticks() {
-  local stat f
-  stat="$(<"/proc/$1/stat")"
-  read -r -a f <<<"${stat##*) }"
-  printf '%s\n' "$((f[11] + f[12]))"
-}
-
 # row EVENTS SECONDS INGEST_TICKS REDIS_TICKS KAFKA_TICKS XADD_RATE REDIS_XADD_TICKS: one run's
 # figures: events/s XADD/s ratio ingest_us redis_us kafka_us redis_us_per_xadd events seconds.
 row() {
@@ -154,23 +143,12 @@ print(f"{rate:.0f} {xadd:.0f} {rate / xadd:.3f} {us(ti, n):.2f} {us(tr, n):.2f} 
 PY
 }
 
-# redis_quiet: wait (up to 5 minutes) until Redis runs no AOF rewrite or RDB save: the child's
-# fork and CPU would fall into a measurement. The shared Redis holds other work's data too, so
-# a rewrite takes a while.
-redis_quiet() {
-  local i busy
-  for ((i = 0; i < 300; i++)); do
-    busy="$(redis-cli -p "$redis_port" info persistence | tr -d '\r' |
-      grep -cE '^(aof_rewrite|rdb_bgsave)_in_progress:1$' || true)"
-    ((busy == 0)) && return 0
-    ((i % 15 == 0)) && log "waiting for Redis to finish an AOF rewrite / RDB save"
-    sleep 1
-  done
-  log "Redis is still rewriting its AOF; measuring anyway"
-}
-
 field="$(head -c 200 /dev/zero | tr '\0' x)"
-xadd_cmd="redis-benchmark -p $redis_port -P 32 -n $EVENTS -q XADD $run_id:xadd '*' ev <200 bytes>"
+if [[ "$BENCH_REDIS" == cluster ]]; then
+  xadd_cmd="redis-benchmark --cluster -p ${BENCH_REDIS_PORTS[0]} -P 32 -n $EVENTS -q XADD $run_id:xadd:{tag} '*' ev <200 bytes>"
+else
+  xadd_cmd="redis-benchmark -p ${BENCH_REDIS_PORTS[0]} -P 32 -n $EVENTS -q XADD $run_id:xadd '*' ev <200 bytes>"
+fi
 results=()
 : >"$DASHSTREAM_STATE_DIR/bench-ingest.log" # this invocation's ingest logs, all runs
 for ((run = 1; run <= RUNS; run++)); do
@@ -179,7 +157,7 @@ for ((run = 1; run <= RUNS; run++)); do
   export KAFKA_GROUP_ID REDIS_KEY_PREFIX
   groups+=("$KAFKA_GROUP_ID")
   port="$(free_port)"
-  redis_quiet
+  bench_redis_quiet
   log "run $run/$RUNS: ingest ($INGEST_BIN) drains $EVENTS events"
   INGEST_LISTEN="127.0.0.1:$port" RUST_LOG=warn "$INGEST_BIN" 2>>"$DASHSTREAM_STATE_DIR/bench-ingest.log" &
   ingest_pid=$!
@@ -190,16 +168,15 @@ for ((run = 1; run <= RUNS; run++)); do
   wait "$ingest_pid" 2>/dev/null || true
   ingest_pid=""
   # Free the run's streams now (DEL, not UNLINK), so no freeing runs during the next measurement.
-  redis-cli -p "$redis_port" --scan --pattern "$REDIS_KEY_PREFIX*" | xargs -r redis-cli -p "$redis_port" del >/dev/null
+  bench_redis_del "$REDIS_KEY_PREFIX*"
 
-  redis_quiet
+  bench_redis_quiet
   log "run $run/$RUNS: $xadd_cmd"
-  r0="$(proc_ticks "$redis_pid")"
-  rb="$(redis-benchmark -p "$redis_port" -P 32 -n "$EVENTS" -q XADD "$run_id:xadd" '*' ev "$field" 2>/dev/null | tr '\r' '\n' | grep -E 'requests per second' | tail -1)"
-  r1="$(proc_ticks "$redis_pid")"
-  xadd_rate="$(sed -E 's/.*: ([0-9.]+) requests per second.*/\1/' <<<"$rb")"
-  [[ "$xadd_rate" =~ ^[0-9.]+$ ]] || die "run $run: redis-benchmark printed no rate: $rb"
-  redis-cli -p "$redis_port" del "$run_id:xadd" >/dev/null
+  r0="$(bench_redis_ticks)"
+  xadd_rate="$(bench_xadd_ceiling "$EVENTS" "$field" "$run_id:xadd")"
+  r1="$(bench_redis_ticks)"
+  [[ "$xadd_rate" =~ ^[0-9.]+$ ]] || die "run $run: redis-benchmark printed no rate"
+  bench_redis_del "$run_id:xadd*"
 
   results+=("$(row "$n" "$secs" "$ingest_ticks" "$redis_ticks" "$kafka_ticks" "$xadd_rate" "$((r1 - r0))")")
   read -r rate xadd ratio cpu_i cpu_r cpu_k cpu_rx nw secs <<<"${results[-1]}"
@@ -214,17 +191,19 @@ done
 
 settings="$(env | grep -E '^INGEST_' | sort | tr '\n' ' ' || true)"
 load="$load_start -> $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) cores)"
-python3 - "$EVENTS" "$RUNS" "$xadd_cmd" "$INGEST_BIN" "${settings:-defaults}" "$load" "${results[@]}" <<'PY'
+python3 - "$EVENTS" "$RUNS" "$xadd_cmd" "$INGEST_BIN" "${settings:-defaults}" "$load" "$BENCH_REDIS_DESC" "${results[@]}" <<'PY'
 import statistics, sys
-events, runs, cmd, binary, settings, load, *rows = sys.argv[1:]
+events, runs, cmd, binary, settings, load, redis, *rows = sys.argv[1:]
 rows = [r.split() for r in rows]
 col = lambda i: [float(r[i]) for r in rows]
 med = lambda i: statistics.median(col(i))
 print(f"""
 events:                      {events} per run (12 partitions, 200-byte payloads), {runs} run(s)
 ingest:                      {binary} (1 process; {settings.strip()})
+Redis:                       {redis}
 XADD reference:              {cmd} (same Redis)
 CPU per event:               utime+stime over the measured window / events written in it
+                             (Redis: every server process, a cluster's replicas too)
 load average (1/5/15 min):   {load}
 
 run  events/s  XADD/s  ratio  ingest µs/ev  redis µs/ev  kafka µs/ev  redis µs/XADD""")
