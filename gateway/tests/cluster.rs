@@ -381,7 +381,11 @@ impl Run {
                 &[("system", "redis")]
             ),
             0.0,
-            "ingest Redis errors"
+            "ingest Redis errors: {:?}",
+            m.iter()
+                .filter(|m| m.name == "dashstream_ingest_infra_errors_total" && m.value > 0.0)
+                .map(|m| (&m.labels, m.value))
+                .collect::<Vec<_>>()
         );
     }
 
