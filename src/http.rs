@@ -60,6 +60,27 @@ pub struct OpsState {
     pub exempt: Option<Arc<dyn Fn(std::net::IpAddr) -> bool + Send + Sync>>,
     /// Connections not yet upgraded one client address may hold ([`MAX_CONNECTIONS_PER_IP`]).
     pub max_pending_per_ip: usize,
+    /// Connections closed at accept, by reason ([`refusals`]): one counter per registry, shared
+    /// by every listener that registry serves.
+    pub refused: prometheus::IntCounterVec,
+}
+
+/// `dashstream_http_connections_refused_total`, registered in `registry`. Made once per process
+/// and handed to each listener's [`OpsState`]: a second registration of the same name would be
+/// refused, and a listener counting into an unregistered copy would count for no one.
+pub fn refusals(registry: &Registry) -> prometheus::Result<prometheus::IntCounterVec> {
+    let refused = prometheus::IntCounterVec::new(
+        prometheus::Opts::new(
+            "dashstream_http_connections_refused_total",
+            "Connections closed at accept, by reason: ip_limit (the client address holds its limit of connections not yet upgraded, 16 by default), full (256 such connections in all)",
+        ),
+        &["reason"],
+    )?;
+    for r in ["ip_limit", "full"] {
+        refused.with_label_values(&[r]);
+    }
+    registry.register(Box::new(refused.clone()))?;
+    Ok(refused)
 }
 
 /// The key a client is counted under: its address, or its /64 for IPv6 (the block one host
@@ -122,19 +143,7 @@ impl Drop for IpGuard {
 pub async fn serve(listener: TcpListener, state: Arc<OpsState>, shutdown: CancellationToken) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let per_ip = Arc::new(PerIp(state.max_pending_per_ip.max(1), Default::default()));
-    let refused = prometheus::IntCounterVec::new(
-        prometheus::Opts::new(
-            "dashstream_http_connections_refused_total",
-            "Connections closed at accept, by reason: ip_limit (the client address holds its limit of connections not yet upgraded, 16 by default), full (256 such connections in all)",
-        ),
-        &["reason"],
-    )
-    .expect("valid metric");
-    for r in ["ip_limit", "full"] {
-        refused.with_label_values(&[r]);
-    }
-    // Registered once per registry (a gateway's two listeners share it).
-    let _ = state.registry.register(Box::new(refused.clone()));
+    let refused = state.refused.clone();
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -249,4 +258,77 @@ fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body.to_string())))
         .expect("valid response")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    struct Ready;
+    impl Readiness for Ready {
+        fn check(&self) -> Result<(), Vec<String>> {
+            Ok(())
+        }
+    }
+
+    fn state(registry: &Registry, refused: &prometheus::IntCounterVec) -> Arc<OpsState> {
+        Arc::new(OpsState {
+            registry: registry.clone(),
+            readiness: Arc::new(Ready),
+            before_gather: None,
+            fallback: None,
+            serve_ops: true,
+            exempt: None,
+            max_pending_per_ip: 1,
+            refused: refused.clone(),
+        })
+    }
+
+    fn ip_limit(registry: &Registry) -> u64 {
+        registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == "dashstream_http_connections_refused_total")
+            .flat_map(|f| f.get_metric())
+            .filter(|m| m.get_label().iter().any(|l| l.value() == "ip_limit"))
+            .map(|m| m.get_counter().value() as u64)
+            .sum()
+    }
+
+    /// Two listeners on one registry (the gateway's public and operations ports): a refusal on
+    /// either is in the gathered metrics, whichever listener started first.
+    #[tokio::test]
+    async fn refusals_on_every_listener_of_a_registry_are_counted() {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            let registry = Registry::new();
+            let refused = refusals(&registry).expect("registered once");
+            assert!(
+                refusals(&registry).is_err(),
+                "a second registration is refused, so one counter is shared"
+            );
+            let stop = CancellationToken::new();
+            let mut addrs = Vec::new();
+            for _ in 0..2 {
+                let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                addrs.push(l.local_addr().unwrap());
+                tokio::spawn(serve(l, state(&registry, &refused), stop.clone()));
+            }
+            for (i, addr) in addrs.iter().enumerate() {
+                // The first connection holds the address's one place; the second is closed.
+                let _held = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let mut over = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let mut buf = [0u8; 1];
+                assert_eq!(
+                    over.read(&mut buf).await.unwrap_or(0),
+                    0,
+                    "closed at accept"
+                );
+                assert_eq!(ip_limit(&registry), i as u64 + 1, "listener {i} counted");
+            }
+            stop.cancel();
+        })
+        .await
+        .expect("within 30 s");
+    }
 }

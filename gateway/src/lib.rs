@@ -55,6 +55,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
     let metrics = Arc::new(metrics::Metrics::new(&registry)?);
+    // One counter for both listeners (the public one and GATEWAY_OPS_LISTEN's).
+    let refused = dashstream::http::refusals(&registry)?;
     let outbox = outq::Outbox::new(settings.outbound_buffer_bytes);
     let live = reader::Live::new(settings.live_buffer, settings.ws.max_frame_bytes)
         .with_byte_budget(settings.live_buffer_bytes)
@@ -91,6 +93,7 @@ pub async fn run(
                 serve_ops: true,
                 exempt: None,
                 max_pending_per_ip: dashstream::http::MAX_CONNECTIONS_PER_IP,
+                refused: refused.clone(),
             });
             Some((l, state))
         }
@@ -99,6 +102,7 @@ pub async fn run(
         serve_ops: ops_http.is_none(),
         exempt: Some(exempt),
         max_pending_per_ip: settings.max_pending_per_ip,
+        refused,
         registry,
         readiness: live.clone(),
         before_gather: Some(before_gather),

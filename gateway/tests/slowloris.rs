@@ -44,6 +44,11 @@ async fn one_address_holding_hundreds_of_connections_cannot_delay_another() {
             }
             attackers.push(s);
         }
+        assert!(
+            attackers.len() >= 290,
+            "the attacker opened its connections: {}",
+            attackers.len()
+        );
         let trickle = tokio::spawn(async move {
             // The attack's pace: a header byte every 500 ms on every held connection.
             let mut open = attackers;

@@ -91,6 +91,7 @@ pub async fn run(
     let consumer_cell: Arc<std::sync::OnceLock<Arc<BaseConsumer<IngestContext>>>> =
         Arc::new(std::sync::OnceLock::new());
     let ops = Arc::new(OpsState {
+        refused: dashstream::http::refusals(&registry)?,
         registry,
         readiness: health.clone(),
         before_gather: Some({
