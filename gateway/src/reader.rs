@@ -474,6 +474,10 @@ pub async fn run(
     let mut last_discover: Option<Instant> = None;
     let mut failing = false;
     let mut backoff = Duration::from_millis(100);
+    // The last read stopped before the end of a stream (its count or byte budget): read on at
+    // once. A cluster's wake-up announces a write, not what is left to read, so waiting for one
+    // would leave a backlog behind by a block time per read.
+    let mut behind = false;
     while !stop.is_cancelled() {
         let step = async {
             if last_discover.is_none_or(|t| t.elapsed() >= opts.discover_every) {
@@ -487,9 +491,12 @@ pub async fn run(
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 return Ok(());
             }
-            streams.wait(&from, opts.block).await?;
+            if !std::mem::take(&mut behind) {
+                streams.wait(&from, opts.block).await?;
+            }
             let reads = streams.read(&from, opts.read_count).await?;
             live.redis_ok_ms.store(live.now_ms(), Ordering::Relaxed);
+            behind = reads.iter().any(stopped_short);
             let mut items = Vec::new();
             for ((p, _), read) in from.iter().zip(reads) {
                 publish(&live, &metrics, &mut seq, *p, read, &mut items);
@@ -531,6 +538,13 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Whether a read stopped before the stream's last entry: it returned entries, and the
+/// stream's last generated ID is past the newest of them. (A read that returned nothing is no
+/// backlog: a stream gone back behind the position is the publisher's to handle.)
+fn stopped_short(read: &crate::streams::PartRead) -> bool {
+    read.entries.last().is_some_and(|e| e.id < read.last)
 }
 
 /// Watches that the tail loop keeps up: every `every`, compares each stream's last ID in Redis

@@ -5,7 +5,8 @@
 //! - one partition's slot migrated live to another master loses and doubles nothing, with
 //!   both tiers connected as their least-privilege ACL users (no Redis error counted);
 //! - partitions spread over the masters, and the tail wakes by shard channels (every client
-//!   gets every event although no `XREAD BLOCK` can span the cluster's slots).
+//!   gets every event although no `XREAD BLOCK` can span the cluster's slots);
+//! - a backlog larger than one tail read is read on at once, not one read per wake-up.
 //!
 //! The other cluster tests are the usual ones run with `REDIS_URL` set to the cluster
 //! (test.sh): the ingest's exactly-once test, the gateway's fan-out and resume tests.
@@ -689,6 +690,56 @@ async fn the_tail_wakes_on_a_write_before_its_block_time_also_after_a_migration(
             .unwrap();
         migrate_slot(s, &from, &to, &ns).await;
         woken_by_a_write("woken by a write after the migration").await;
+    })
+    .await;
+}
+
+/// A cluster's wake-up announces a write, not what is left to read: a tail that stopped at its
+/// read count reads on at once, instead of waiting a block time (1 s) per read for a wake-up no
+/// write will send. Here a burst of 1,200 events is read 10 at a time: a block per read would
+/// take minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backlog_is_read_on_at_once_not_one_read_per_wake_up() {
+    deadline(240, async {
+        let _turn = SHAPE.lock().await;
+        let (url, _) = dashstream_testkit::redis_cluster();
+        cluster_cmd(&["wait-ok", "60"]);
+        let sys = System::new("cl-backlog", 1, Some(url)).await;
+        let _ingest = sys.ingest(&[]).await;
+        sys.produce(sys.produce_options(5, None)).await;
+        sys.wait_streams().await;
+        let gw = sys.gateway("g1", &["--tail-read-count=10"]).await;
+        let tally = Arc::new(Mutex::new(Tally::default()));
+        let reader = follow(vec![gw.addr.clone()], 0, tally.clone());
+        let t = tally.clone();
+        testkit::wait_for("the client welcomed", Duration::from_secs(30), || {
+            let t = t.clone();
+            async move { t.lock().unwrap().cursor.is_some().then_some(()) }
+        })
+        .await;
+        let report = sys.produce(sys.produce_options(1_200, None)).await;
+        let want = expected(&report.deliveries);
+        let t = tally.clone();
+        let w = want.clone();
+        let got = tokio::time::timeout(
+            Duration::from_secs(30),
+            testkit::wait_for("every event", Duration::from_secs(30), || {
+                let (t, w) = (t.clone(), w.clone());
+                async move { w.iter().all(|e| t.lock().unwrap().covered(e)).then_some(()) }
+            }),
+        )
+        .await;
+        let t = tally.lock().unwrap();
+        assert!(
+            got.is_ok(),
+            "{} of {} events within 30 s of the burst",
+            want.iter().filter(|e| t.events.contains(e)).count(),
+            want.len()
+        );
+        assert!(t.missed.is_empty(), "gaps {:?} {:?}", t.reasons, t.missed);
+        assert_eq!((t.duplicates, t.out_of_order), (0, 0));
+        drop(t);
+        reader.abort();
     })
     .await;
 }
