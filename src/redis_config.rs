@@ -174,6 +174,7 @@ impl RedisArgs {
                 }
                 None => info,
             })
+            .map(|info| info.set_tcp_settings(tcp_settings()))
             .collect();
         let client = if infos.len() == urls.len() && tls.len() == 1 {
             self.open(
@@ -350,10 +351,20 @@ pub fn refusal(e: &redis::RedisError) -> Option<&'static str> {
     }
 }
 
+/// Every connection to Redis: `TCP_NODELAY`, so that a command written while an earlier one's
+/// reply is due goes out at once. (Nagle's algorithm holds it until the earlier segment is
+/// acknowledged: with several commands in flight on one multiplexed connection, e.g. a
+/// cluster's per-partition reads of one node, each waited for a delayed ACK, ~40 ms.)
+pub fn tcp_settings() -> redis::io::tcp::TcpSettings {
+    redis::io::tcp::TcpSettings::default().set_nodelay(true)
+}
+
 impl ClusterSeeds {
-    /// A cluster client builder with the seeds' login.
+    /// A cluster client builder with the seeds' login; the nodes it discovers get the seeds'
+    /// [`tcp_settings`].
     pub fn builder(&self) -> redis::cluster::ClusterClientBuilder {
-        let mut b = redis::cluster::ClusterClientBuilder::new(self.nodes.clone());
+        let mut b = redis::cluster::ClusterClientBuilder::new(self.nodes.clone())
+            .tcp_settings(tcp_settings());
         let first = self.nodes[0].redis_settings();
         if let Some(u) = first.username() {
             b = b.username(u);
