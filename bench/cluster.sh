@@ -6,7 +6,7 @@
 #      process: on the cluster all six nodes, replication included);
 #   2. gateway fan-out (bench/gateway.sh, gateway only) on each: delivered events/s, latency
 #      p50/p99 and gateway CPU per event per scenario, and the catch-up rate of one client
-#      BENCH_BEHIND events behind (history reads: one transaction per partition on the cluster);
+#      BENCH_BEHIND events behind (history pages, then the tail up to the live top);
 # then the cluster / single ratios. The local cluster is 3 masters + 3 replicas on the same two
 # cores as everything else, so it cannot show the cluster's scaling (more cores per shard):
 # it shows what the cluster costs per event, and that nothing stalls on it. A measurement, not
